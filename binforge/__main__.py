@@ -1,0 +1,5 @@
+"""Allow ``python -m binforge``."""
+
+from binforge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per ``binforge`` subcommand: ``add_parser(subparsers)`` sets ``run``."""

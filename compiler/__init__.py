@@ -1,0 +1,1 @@
+"""binforge stage package."""
