@@ -619,7 +619,7 @@ def load(folder: str | os.PathLike) -> Network:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IRError(f"{jpath} is not valid json ({exc}); recompile the network") from None
     try:
-        with np.load(npath, allow_pickle=False) as npz:
+        with open(npath, "rb") as f, np.load(f, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise IRError(f"{npath} is corrupted or not an npz file ({exc}); recompile the network") from None
