@@ -22,7 +22,7 @@ import gzip
 import os
 import pickle
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +46,7 @@ __all__ = [
     "batch_to_input",
     "collate_to_input",
     "augment_batch",
+    "iterate_batches",
     "load_dataset",
     "dataset_info",
     "read_idx",
@@ -238,6 +239,7 @@ class ImageDataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        index = int(index)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         image = torch.from_numpy(np.ascontiguousarray(self._image(index)))
@@ -245,10 +247,25 @@ class ImageDataset(torch.utils.data.Dataset):
             image = augment_batch(image[None])[0]
         return image, int(self.labels[index])
 
-    def as_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """All images, un-augmented, as ``(uint8 (N, C, H, W), int64 (N,))`` numpy arrays."""
+    def _images(self, indices: np.ndarray) -> np.ndarray:
+        """Un-augmented images at ``indices`` as one uint8 ``(len(indices), C, H, W)`` array."""
+        images = np.empty((len(indices), *self.shape), dtype=np.uint8)
+        for row, index in enumerate(indices):
+            images[row] = self._image(int(index))
+        return images
+
+    def as_arrays(self, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """All images, un-augmented, as ``(uint8 (N, C, H, W), int64 (N,))`` numpy arrays.
+
+        ``progress`` shows a tqdm bar on stderr while images are decoded.
+        """
         images = np.empty((len(self), *self.shape), dtype=np.uint8)
-        for index in range(len(self)):
+        rows = range(len(self))
+        if progress:
+            from tqdm import tqdm
+
+            rows = tqdm(rows, desc=f"decoding {self.name}", unit="img", leave=False)
+        for index in rows:
             images[index] = self._image(index)
         return images, self.labels.copy()
 
@@ -284,7 +301,10 @@ class ArrayImageDataset(ImageDataset):
     def _image(self, index: int) -> np.ndarray:
         return self.images[index]
 
-    def as_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    def _images(self, indices: np.ndarray) -> np.ndarray:
+        return self.images[indices]
+
+    def as_arrays(self, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         return self.images.copy(), self.labels.copy()
 
 
@@ -335,6 +355,53 @@ def _resize_center_crop(image: Any, size: int) -> np.ndarray:
     left, top = (new_w - size) // 2, (new_h - size) // 2
     image = image.crop((left, top, left + size, top + size))
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def iterate_batches(
+    dataset: ImageDataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    as_input: bool = True,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of a data set without a ``DataLoader``: ``(images, int64 labels)`` tensors.
+
+    In-memory data sets are sliced a whole batch at a time (much faster than
+    per-item ``__getitem__``). The data set's ``augment`` flag is honoured, per
+    batch, with ``generator``'s random numbers, as is the shuffle order.
+
+    Parameters
+    ----------
+    dataset:
+        Any :class:`ImageDataset`.
+    batch_size:
+        Images per batch (the last one may be smaller unless ``drop_last``).
+    shuffle:
+        Visit the images in a random order drawn from ``generator``.
+    generator:
+        Source of the shuffle order and the augmentation (torch's global one if ``None``).
+    drop_last:
+        Skip a final batch smaller than ``batch_size``.
+    as_input:
+        Yield float32 model input (:func:`batch_to_input`); ``False`` yields uint8 pixels.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, not {batch_size!r}")
+    count = len(dataset)
+    if shuffle:
+        order = torch.randperm(count, generator=generator).numpy()
+    else:
+        order = np.arange(count)
+    stop = count - count % batch_size if drop_last else count
+    for start in range(0, stop, batch_size):
+        indices = order[start : start + batch_size]
+        images = torch.from_numpy(np.ascontiguousarray(dataset._images(indices)))
+        if dataset.augment:
+            images = augment_batch(images, generator=generator)
+        labels = torch.from_numpy(dataset.labels[indices])
+        yield (batch_to_input(images) if as_input else images), labels
 
 
 # --------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from binforge.model.data import (
     batch_to_input,
     collate_to_input,
     dataset_info,
+    iterate_batches,
     load_dataset,
     parse_spec,
     pixels_to_input,
@@ -473,3 +474,35 @@ def test_dataset_info_digits():
     assert (info["train_size"], info["test_size"]) == (1437, 360)
     assert sum(info["test_class_counts"]) == 360
     assert info["source"] == "scikit-learn load_digits"
+
+
+def test_iterate_batches_covers_every_image_once():
+    ds = load_dataset("synthetic", "test", limit=10)
+    batches = list(iterate_batches(ds, 4, as_input=False))
+    assert [len(labels) for _, labels in batches] == [4, 4, 2]
+    assert torch.equal(torch.cat([b for b, _ in batches]), torch.from_numpy(ds.images))
+    g = torch.Generator().manual_seed(1)
+    shuffled = list(iterate_batches(ds, 4, shuffle=True, generator=g, drop_last=True))
+    assert [len(labels) for _, labels in shuffled] == [4, 4]
+    inputs = torch.cat([x for x, _ in shuffled])
+    labels = torch.cat([y for _, y in shuffled])
+    assert inputs.dtype == torch.float32
+    # each (input, label) pair is one of the data set's, none twice
+    pairs = {(pixels_to_input(img).numpy().tobytes(), int(lab)) for img, lab in
+             zip(ds.images, ds.labels, strict=True)}  # fmt: skip
+    got = [(x.numpy().tobytes(), int(y)) for x, y in zip(inputs, labels, strict=True)]
+    assert len(set(got)) == 8 and set(got) <= pairs
+
+
+def test_iterate_batches_augments_and_reads_folders(tmp_path):
+    ds = load_dataset("digits", "test", augment=True, limit=64)
+    g = torch.Generator().manual_seed(0)
+    ((images, labels),) = list(iterate_batches(ds, 64, generator=g, as_input=False))
+    assert images.shape == (64, 1, 8, 8) and torch.equal(labels, torch.from_numpy(ds.labels))
+    assert not torch.equal(images, torch.from_numpy(ds.images))
+    write_png_folder(tmp_path / "imgs")
+    folder = load_dataset(f"folder={tmp_path / 'imgs'}", "train", image_size=6)
+    batches = list(iterate_batches(folder, 4))
+    assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 6, 6), (2, 3, 6, 6)]
+    expected, _ = folder.as_arrays()
+    assert torch.equal(torch.cat([x for x, _ in batches]), batch_to_input(expected))
