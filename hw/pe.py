@@ -1,0 +1,237 @@
+"""The XNOR-popcount processing element: S bits per cycle into a signed accumulator.
+
+One PE computes, over a sequence of beats, ``sum_beat gain_beat * popcount(act XOR weight)``:
+the number of mismatching bits (the -1 products) of every op, each scaled by the op's
+integer gain. The accelerator turns that sum into the IR's accumulator with a per-channel
+constant (``acc = bias + K * sum(gains) - 2 * result``), so the PE needs neither K nor bias.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Const, Module, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["GainFormat", "XnorPopcountPE", "popcount_depth"]
+
+
+def popcount_depth(simd: int) -> int:
+    """Register levels of the popcount tree for ``simd`` lanes (``max(1, log2(simd))``)."""
+    return max(1, simd.bit_length() - 1)
+
+
+def _is_power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+class GainFormat:
+    """How a PE applies the integer gains of the ops it runs.
+
+    Chosen from the set of gains a network uses:
+
+    - ``"sign"``: every gain is +1 or -1; the PE only negates.
+    - ``"shift"``: every gain is +-2**e; the PE shifts by ``e`` and negates.
+    - ``"multiply"``: any other integer gains; the PE multiplies by a signed constant.
+
+    Parameters
+    ----------
+    gains : iterable of int
+        The non-zero gains the PE must support.
+    """
+
+    def __init__(self, gains):
+        gains = sorted({int(g) for g in gains})
+        if not gains:
+            raise ValueError("gains must name at least one gain")
+        if 0 in gains:
+            raise ValueError("gains must be non-zero, not 0")
+        self._gains = tuple(gains)
+        magnitudes = {abs(g) for g in gains}
+        if magnitudes == {1}:
+            self._kind, self._width = "sign", 0
+        elif all(_is_power_of_two(m) for m in magnitudes):
+            self._kind = "shift"
+            self._width = max(m.bit_length() - 1 for m in magnitudes).bit_length()
+        else:
+            self._kind = "multiply"
+            self._width = max(max(gains).bit_length() + 1, (-min(gains) - 1).bit_length() + 1, 2)
+
+    @property
+    def gains(self) -> tuple[int, ...]:
+        return self._gains
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    @property
+    def largest(self) -> int:
+        """The largest gain magnitude."""
+        return max(abs(g) for g in self._gains)
+
+    @property
+    def shape(self):
+        """The shape of the gain port: ``signed`` for ``"multiply"``, else bit 0 = negate and
+        the bits above = the shift."""
+        if self._kind == "multiply":
+            return signed(self._width)
+        return unsigned(1 + self._width)
+
+    def encode(self, gain: int) -> int:
+        """The value to drive on the gain port for ``gain`` (an int, as the ROMs store it)."""
+        gain = int(gain)
+        if gain not in self._gains:
+            raise ValueError(f"gain {gain!r} is not one of the gains {list(self._gains)}")
+        if self._kind == "multiply":
+            return gain & ((1 << self._width) - 1)
+        shift = abs(gain).bit_length() - 1
+        return int(gain < 0) | (shift << 1)
+
+    def __eq__(self, other):
+        return isinstance(other, GainFormat) and self._gains == other._gains
+
+    def __hash__(self):
+        return hash(self._gains)
+
+    def __repr__(self):
+        return f"GainFormat({list(self._gains)!r})"
+
+
+class XnorPopcountPE(wiring.Component):
+    """XNOR-popcount processing element with a pipelined popcount tree.
+
+    Each cycle the PE takes one *beat*: ``simd`` activation bits and ``simd`` weight bits.
+    It counts the mismatches ``popcount(act ^ weight)`` in a tree registered after every
+    adder level (the first level is a LUT4 compressor: two XORs and their sum), scales the
+    count by the beat's gain and adds it to the accumulator. The control inputs arrive
+    together with the beat's popcount, ``popcount_depth(simd)`` cycles after its bits.
+
+    Parameters
+    ----------
+    simd : int
+        Bits per beat, a positive power of two.
+    acc_width : int
+        Width of the signed accumulator and result.
+    gain_format : GainFormat
+        The gains the PE supports and how it applies them.
+
+    Members
+    -------
+    act : In(simd)
+        Activation bits of the beat.
+    weight : In(simd)
+        Weight bits of the beat.
+    first : In(1)
+        The beat whose popcount is now at the tree's root starts a new sum.
+    last : In(1)
+        That beat ends the sum: the result register takes the new sum.
+    gain : In(gain_format.shape)
+        That beat's gain, encoded by :meth:`GainFormat.encode`.
+    result : Out(signed(acc_width))
+        The last completed sum; it holds until the next sum completes.
+
+    Latency: a beat presented in cycle ``T`` (with ``first``/``last``/``gain`` in cycle
+    ``T + popcount_depth(simd)``) is in ``result`` from cycle ``T + latency``. The datapath
+    registers have no reset.
+    """
+
+    def __init__(self, simd: int, acc_width: int, gain_format: GainFormat):
+        if not isinstance(simd, int) or not _is_power_of_two(simd):
+            raise ValueError(f"simd must be a positive power of two, not {simd!r}")
+        if not isinstance(acc_width, int) or acc_width < 2:
+            raise ValueError(f"acc_width must be an integer of at least 2, not {acc_width!r}")
+        if not isinstance(gain_format, GainFormat):
+            raise TypeError(f"gain_format must be a GainFormat, not {gain_format!r}")
+        need = (simd * gain_format.largest).bit_length() + 1
+        if acc_width < need:
+            raise ValueError(f"acc_width must be at least {need} for simd {simd} and gain "
+                             f"{gain_format.largest}, not {acc_width!r}")
+        self._simd = simd
+        self._acc_width = acc_width
+        self._gain_format = gain_format
+        super().__init__({
+            "act": In(simd),
+            "weight": In(simd),
+            "first": In(1),
+            "last": In(1),
+            "gain": In(gain_format.shape),
+            "result": Out(signed(acc_width)),
+        })
+
+    @property
+    def simd(self) -> int:
+        return self._simd
+
+    @property
+    def acc_width(self) -> int:
+        return self._acc_width
+
+    @property
+    def gain_format(self) -> GainFormat:
+        return self._gain_format
+
+    @property
+    def popcount_depth(self) -> int:
+        """Cycles from a beat's bits to its popcount (where ``first``/``last``/``gain`` apply)."""
+        return popcount_depth(self._simd)
+
+    @property
+    def latency(self) -> int:
+        """Cycles from a beat's bits to the result that includes it."""
+        return self.popcount_depth + 2
+
+    def elaborate(self, platform):
+        m = Module()
+        s = self._simd
+        mismatch = self.act ^ self.weight
+
+        # Level 0: a LUT4 compressor per lane pair (2 XORs and their 2-bit sum), registered.
+        if s == 1:
+            level = [Signal(1, name="pc0_0", reset_less=True)]
+            m.d.sync += level[0].eq(mismatch)
+        else:
+            level = []
+            for i in range(s // 2):
+                pair = Signal(2, name=f"pc0_{i}", reset_less=True)
+                m.d.sync += pair.eq(mismatch[2 * i] + mismatch[2 * i + 1])
+                level.append(pair)
+        # Then one registered adder per pair, level by level.
+        depth = 0
+        while len(level) > 1:
+            depth += 1
+            width = len(level[0]) + 1
+            nxt = []
+            for i in range(len(level) // 2):
+                total = Signal(width, name=f"pc{depth}_{i}", reset_less=True)
+                m.d.sync += total.eq(level[2 * i] + level[2 * i + 1])
+                nxt.append(total)
+            level = nxt
+        count = level[0]
+
+        # Scale by the gain (registered), then accumulate.
+        fmt = self._gain_format
+        term_width = (s * fmt.largest).bit_length() + 1
+        term = Signal(signed(term_width), reset_less=True)
+        if fmt.kind == "multiply":
+            m.d.sync += term.eq(count * self.gain)
+        else:
+            magnitude = count if fmt.kind == "sign" else count << self.gain[1:]
+            with m.If(self.gain[0]):
+                m.d.sync += term.eq(-magnitude)
+            with m.Else():
+                m.d.sync += term.eq(magnitude)
+        first = Signal(reset_less=True)
+        last = Signal(reset_less=True)
+        m.d.sync += [first.eq(self.first), last.eq(self.last)]
+
+        acc = Signal(signed(self._acc_width), reset_less=True)
+        acc_next = Signal(signed(self._acc_width))
+        m.d.comb += acc_next.eq(Const(0, signed(self._acc_width)) + term)
+        with m.If(~first):
+            m.d.comb += acc_next.eq(acc + term)
+        m.d.sync += acc.eq(acc_next)
+        result = Signal(signed(self._acc_width), reset_less=True)
+        with m.If(last):
+            m.d.sync += result.eq(acc_next)
+        m.d.comb += self.result.eq(result)
+        return m

@@ -1,0 +1,106 @@
+"""The XNOR-popcount PE against a plain integer reference, for each gain format."""
+
+import numpy as np
+import pytest
+from amaranth.hdl import Fragment
+from amaranth.sim import Simulator
+from binforge.hw.pe import GainFormat, XnorPopcountPE, popcount_depth
+
+
+def reference_sums(beats):
+    """Completed sums of ``gain * popcount(a ^ w)`` for beats ``(a, w, first, last, gain)``."""
+    sums, acc = [], 0
+    for a, w, first, last, gain in beats:
+        term = gain * bin(a ^ w).count("1")
+        acc = term if first else acc + term
+        if last:
+            sums.append(acc)
+    return sums
+
+
+def random_beats(rng, simd, gains, count, edge):
+    beats, first = [], True
+    mask = (1 << simd) - 1
+    for i in range(count):
+        if edge == "ones":
+            a, w = mask, 0
+        elif edge == "zeros":
+            a = w = int(rng.integers(0, mask + 1))
+        else:
+            a, w = (int(rng.integers(0, mask + 1)) for _ in range(2))
+        last = bool(rng.integers(0, 3) == 0) or i == count - 1
+        beats.append((a, w, first, last, int(rng.choice(gains))))
+        first = last
+    return beats
+
+
+def run_pe(pe, beats):
+    """Drive one beat per cycle; collect the result each time a sum completes."""
+    d, lat = pe.popcount_depth, pe.latency
+    got = []
+
+    async def tb(ctx):
+        horizon = len(beats) + lat + 2
+        for t in range(horizon):
+            if t < len(beats):
+                a, w, *_ = beats[t]
+                ctx.set(pe.act, a)
+                ctx.set(pe.weight, w)
+            j = t - d
+            if 0 <= j < len(beats):
+                _, _, first, last, gain = beats[j]
+                ctx.set(pe.first, first)
+                ctx.set(pe.last, last)
+                ctx.set(pe.gain, pe.gain_format.encode(gain))
+            else:
+                ctx.set(pe.last, 0)
+            k = t - lat
+            if 0 <= k < len(beats) and beats[k][3]:
+                got.append(ctx.get(pe.result))
+            await ctx.tick()
+
+    sim = Simulator(pe)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    return got
+
+
+@pytest.mark.parametrize("simd", [1, 2, 8, 32])
+@pytest.mark.parametrize("gains", [(1, -1), (1, 2, 4, -8, 128), (3, -5, 1, 7)])
+@pytest.mark.parametrize("edge", ["random", "ones", "zeros"])
+def test_pe_matches_reference(simd, gains, edge):
+    rng = np.random.default_rng(simd * 131 + len(gains) * 7 + len(edge))
+    fmt = GainFormat(gains)
+    acc_width = (40 * simd * fmt.largest).bit_length() + 2
+    pe = XnorPopcountPE(simd, acc_width, fmt)
+    beats = random_beats(rng, simd, gains, 40, edge)
+    assert run_pe(pe, beats) == reference_sums(beats)
+
+
+def test_pe_latency_and_formats():
+    pe = XnorPopcountPE(32, 20, GainFormat([1, -1]))
+    assert pe.popcount_depth == popcount_depth(32) == 5
+    assert pe.latency == 7
+    assert pe.acc_width == 20
+    Fragment.get(pe, None)  # elaborates: a PE that is built but never used warns
+    assert GainFormat([1, -1]).kind == "sign"
+    assert GainFormat([1, 2, -4]).kind == "shift"
+    assert GainFormat([3, 1]).kind == "multiply"
+    assert GainFormat([-4, 2]).encode(-4) == 0b101
+
+
+@pytest.mark.parametrize("simd", [0, -4, 3, 12, 2.0])
+def test_pe_rejects_bad_simd(simd, rejects):
+    rejects(ValueError, f"simd must be a positive power of two, not {simd!r}",
+            XnorPopcountPE, simd, 16, GainFormat([1]))
+
+
+def test_pe_rejects_narrow_accumulator(rejects):
+    rejects(ValueError, "acc_width must be at least 8 for simd 32 and gain 2, not 7",
+            XnorPopcountPE, 32, 7, GainFormat([1, 2]))
+
+
+def test_gain_format_rejects_bad_gains(rejects):
+    rejects(ValueError, "gain 3 is not one of the gains [1, 2]", GainFormat([1, 2]).encode, 3)
+    rejects(ValueError, "gains must be non-zero, not 0", GainFormat, [0, 1])
