@@ -324,8 +324,9 @@ class FolderImageDataset(ImageDataset):
         As :class:`ImageDataset`.
     """
 
-    def __init__(self, files: Sequence[Path], labels: np.ndarray, *, image_size: int,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, files: Sequence[Path], labels: np.ndarray, *, image_size: int, **kwargs: Any
+    ) -> None:
         super().__init__(shape=(3, image_size, image_size), labels=labels, **kwargs)
         self.files = [Path(f) for f in files]
         self.image_size = image_size
@@ -542,6 +543,8 @@ class _CifarUnpickler(pickle.Unpickler):
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"): ("numpy._core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"): ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"): ("numpy", "ndarray"),
         ("numpy", "dtype"): ("numpy", "dtype"),
         ("_codecs", "encode"): ("_codecs", "encode"),
@@ -640,6 +643,25 @@ def _load_fashion_mnist(split: Split, folder: Path | None) -> tuple[np.ndarray, 
     prefix = "train" if split == "train" else "t10k"
     images_path = _idx_file(folder, f"{prefix}-images-idx3-ubyte")
     labels_path = _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
+    images, labels = _read_idx_pair(
+        images_path, labels_path, _file_stamp(images_path), _file_stamp(labels_path)
+    )
+    return images.copy(), labels.copy(), folder
+
+
+def _file_stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _read_idx_pair(
+    images_path: Path, labels_path: Path, *_stamps: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A checked pair of IDX image and label files, parsed once per process while unchanged.
+
+    The files' modification times and sizes (``_stamps``) are part of the cache key.
+    """
     images = read_idx(images_path, magic=IDX_IMAGES_MAGIC)
     labels = read_idx(labels_path, magic=IDX_LABELS_MAGIC).astype(np.int64)
     if images.shape[0] != labels.shape[0]:
@@ -652,7 +674,9 @@ def _load_fashion_mnist(split: Split, folder: Path | None) -> tuple[np.ndarray, 
             f"{labels_path} has label {int(labels.max())}, but Fashion-MNIST has 10 classes; "
             "check the file"
         )
-    return images[:, None].copy(), labels, folder
+    images = images[:, None]
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
 
 
 def _cifar_folder(path: Path) -> Path:
@@ -892,7 +916,7 @@ def load_dataset(
         images, labels, classes = _load_synthetic(split, parsed.argument, seed)
         source = f"generated (seed {seed})"
     if limit is not None:
-        images, labels = images[:limit], labels[:limit]
+        images, labels = images[:limit].copy(), labels[:limit].copy()
     return ArrayImageDataset(images, labels, classes=classes, source=source, **common)
 
 

@@ -62,3 +62,22 @@ def test_data_info_missing_fashion_mnist_names_the_fix(capsys, tmp_path):
     assert "apt-get install -y dataset-fashion-mnist" in err
     assert "give fashion-mnist=PATH" in err
     assert err.count("\n") == 1
+
+
+def test_shared_data_options_give_load_dataset_arguments():
+    import argparse
+
+    from binforge.model.data import load_dataset
+
+    from binforge.commands.data import add_data_options, data_options
+
+    parser = argparse.ArgumentParser()
+    add_data_options(parser)
+    args = parser.parse_args([])
+    assert args.data == "digits"
+    assert data_options(args) == {"allow_pickle": False, "image_size": 224}
+    args = parser.parse_args(
+        ["--data", "synthetic=1,4,4,3", "--image-size", "32", "--allow-pickle"]
+    )
+    assert data_options(args) == {"allow_pickle": True, "image_size": 32}
+    assert load_dataset(args.data, "test", **data_options(args)).shape == (1, 4, 4)

@@ -299,7 +299,7 @@ def test_cifar10_needs_a_path_and_the_batches(tmp_path):
         load_dataset(f"cifar10={tmp_path / 'c10'}", "train")
 
 
-def write_cifar_pickle(folder, payload=None):
+def write_cifar_pickle(folder, payload=None, protocol=4):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
     for stem in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -307,11 +307,17 @@ def write_cifar_pickle(folder, payload=None):
             b"data": rng.integers(0, 256, size=(2, 3072), dtype=np.uint8),
             b"labels": [3, 7],
         }
-        (folder / stem).write_bytes(pickle.dumps(batch))
+        raw = pickle.dumps(batch, protocol=protocol)
+        if protocol == 2:
+            # the official batches were written by numpy 1 (module numpy.core)
+            raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            assert b"numpy.core.multiarray\n_reconstruct" in raw
+        (folder / stem).write_bytes(raw)
 
 
-def test_cifar10_pickle_only_when_allowed(tmp_path):
-    write_cifar_pickle(tmp_path / "py")
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar10_pickle_only_when_allowed(tmp_path, protocol):
+    write_cifar_pickle(tmp_path / "py", protocol=protocol)
     with pytest.raises(BinforgeError, match="python-pickle batches.*--allow-pickle"):
         load_dataset(f"cifar10={tmp_path / 'py'}", "test")
     ds = load_dataset(f"cifar10={tmp_path / 'py'}", "test", allow_pickle=True)
