@@ -233,6 +233,7 @@ def _vgg_small(factory, in_shape, num_classes, width):
 
 
 def _resnet(factory, in_shape, num_classes, width, stages, blocks, structure, imagenet_stem):
+    # imagenet_stem: 7x7 stride 2 and max-pool (inputs >= 64x64); else a 3x3 stride-1 stem.
     c = in_shape[0]
     first = _ch(stages[0], width)
     if imagenet_stem:
@@ -257,7 +258,6 @@ def _resnet20(factory, in_shape, num_classes, width):
 
 
 def _resnet18(factory, in_shape, num_classes, width, structure="normal"):
-    # ImageNet stem (7x7 stride 2, max-pool) for large inputs; CIFAR-style 3x3 stem for small ones.
     imagenet_stem = min(in_shape[1:]) >= 64
     return _resnet(factory, in_shape, num_classes, width, (64, 128, 256, 512), 2, structure,
                    imagenet_stem)
