@@ -178,6 +178,19 @@ def augment_batch(
     ]
 
 
+def _augment_one(image: torch.Tensor, padding: int = AUGMENT_PADDING) -> torch.Tensor:
+    """:func:`augment_batch` for one ``(C, H, W)`` image (torch's global generator), cheaply."""
+    _, h, w = image.shape
+    span = 2 * padding + 1
+    # one draw, decoded into a uniform (dy, dx, flip)
+    draw = int(torch.randint(0, span * span * 2, (1,)))
+    flip, offset = draw % 2, draw // 2
+    dy, dx = divmod(offset, span)
+    padded = torch.nn.functional.pad(image, (padding, padding, padding, padding), value=0)
+    crop = padded[:, dy : dy + h, dx : dx + w]
+    return crop.flip(-1) if flip else crop.contiguous()
+
+
 # --------------------------------------------------------------------------------------
 # Data sets
 # --------------------------------------------------------------------------------------
@@ -242,9 +255,10 @@ class ImageDataset(torch.utils.data.Dataset):
         index = int(index)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        image = torch.from_numpy(np.ascontiguousarray(self._image(index)))
+        # a copy: the item never aliases (or mutates) the data set's own array
+        image = torch.from_numpy(np.array(self._image(index), dtype=np.uint8, copy=True))
         if self.augment:
-            image = augment_batch(image[None])[0]
+            image = _augment_one(image)
         return image, int(self.labels[index])
 
     def _images(self, indices: np.ndarray) -> np.ndarray:

@@ -512,3 +512,61 @@ def test_iterate_batches_augments_and_reads_folders(tmp_path):
     assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 6, 6), (2, 3, 6, 6)]
     expected, _ = folder.as_arrays()
     assert torch.equal(torch.cat([x for x, _ in batches]), batch_to_input(expected))
+
+
+def test_items_do_not_alias_read_only_images():
+    images = np.arange(2 * 1 * 3 * 3, dtype=np.uint8).reshape(2, 1, 3, 3)
+    images.flags.writeable = False
+    ds = ArrayImageDataset(
+        images, np.array([0, 1]), name="tiny", split="test", classes=("a", "b"), source="test"
+    )
+    image, label = ds[np.int64(1)]
+    image[0, 0, 0] = 200
+    assert ds.images[1, 0, 0, 0] == 9 and label == 1
+    with pytest.raises(IndexError, match="index 2 out of range for 2 images"):
+        ds[2]
+
+
+def test_folder_converts_grayscale_and_rgba_to_rgb(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / split / "g").mkdir(parents=True)
+        Image.new("L", (9, 9), 77).save(tmp_path / split / "g" / "a.jpg", quality=100)
+        Image.new("RGBA", (9, 9), (10, 20, 30, 40)).save(tmp_path / split / "g" / "b.png")
+    images, _ = load_dataset(f"folder={tmp_path}", "test", image_size=5).as_arrays()
+    assert images.shape == (2, 3, 5, 5)
+    assert abs(int(images[0].min()) - 77) <= 1 and abs(int(images[0].max()) - 77) <= 1
+    assert images[1, :, 2, 2].tolist() == [10, 20, 30]
+
+
+def crops_and_flips_of(outs, padded, size):
+    """For each output, the (dy, dx, flip) whose window of ``padded`` it equals."""
+    candidates, keys = [], []
+    for dy in range(9):
+        for dx in range(9):
+            window = padded[:, dy : dy + size, dx : dx + size]
+            candidates += [window, window.flip(-1)]
+            keys += [(dy, dx, False), (dy, dx, True)]
+    match = (torch.stack(list(outs))[:, None] == torch.stack(candidates)[None]).flatten(2).all(2)
+    assert torch.equal(match.sum(1), torch.ones(len(outs), dtype=torch.int64))
+    return [keys[k] for k in match.int().argmax(1).tolist()]
+
+
+@pytest.mark.parametrize("per_item", [False, True])
+def test_augmentation_draws_every_crop_and_flips_half(per_item):
+    image = torch.arange(1, 37, dtype=torch.uint8).reshape(1, 6, 6)
+    padded = torch.nn.functional.pad(image, (4, 4, 4, 4))
+    draws = 2000
+    if per_item:
+        torch.manual_seed(0)
+        ds = ArrayImageDataset(
+            image[None].numpy(), np.zeros(1), name="t", split="train", classes=("a",),
+            source="test", augment=True,
+        )  # fmt: skip
+        outs = [ds[0][0] for _ in range(draws)]
+    else:
+        g = torch.Generator().manual_seed(0)
+        outs = augment_batch(image[None].repeat(draws, 1, 1, 1), generator=g)
+    found = crops_and_flips_of(outs, padded, 6)
+    assert {(dy, dx) for dy, dx, _ in found} == {(dy, dx) for dy in range(9) for dx in range(9)}
+    flips = sum(flip for _, _, flip in found) / draws
+    assert 0.45 < flips < 0.55
