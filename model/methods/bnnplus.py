@@ -22,12 +22,21 @@ Inference form: one binary op per layer with scale ``alpha`` per output channel.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..arch import LayerFactory
 from ..quant import hard_sign
-from .ste import LatentBinaryConv2d, LatentBinaryLinear, _LatentBinaryLayer
+from .ste import (
+    CompanionMethod,
+    LatentBinaryConv2d,
+    LatentBinaryLinear,
+    MethodOption,
+    _LatentBinaryLayer,
+    latent_binary_layers,
+)
 
 __all__ = [
     "ALPHA_INITS",
@@ -40,6 +49,7 @@ __all__ = [
     "filter_statistic",
     "bnnplus_regularizer",
     "bnnplus_layer",
+    "BNNPlusMethod",
 ]
 
 #: How ``alpha`` starts: median of |W| (R1's optimum), mean (R2's), 75th percentile (Sec. 4.1).
@@ -218,3 +228,49 @@ def bnnplus_layer(kind: str, *args, beta: float = 5.0, trainable_beta: bool = Fa
     if kind == "linear":
         return LatentBinaryLinear(*args, **kwargs, **common)
     raise ValueError(f"layer kind must be 'conv' or 'linear', not {kind!r}")
+
+
+class BNNPlusMethod(CompanionMethod):
+    """``bnn+``: SignSwish gradients, learned per-filter ``alpha``, ``lambda * R`` in the loss, Adam.
+
+    Latent weights are not clipped (Sec. 3.3).
+    """
+
+    name = "bnn+"
+    options = (
+        MethodOption("bnnplus_beta", 5.0, float, "BNN+: SignSwish beta (default: %(default)s)"),
+        MethodOption("bnnplus_trainable_beta", False, bool, "BNN+: learn beta by backpropagation"),
+        MethodOption("bnnplus_regularizer", "r1", str,
+                     "BNN+: R1 |alpha-|w||, R2 (alpha-|w|)^2 or none (default: %(default)s)",
+                     REGULARIZERS),
+        MethodOption("bnnplus_lambda", 1e-6, float,
+                     "BNN+: regulariser weight lambda (default: %(default)s)"),
+        MethodOption("bnnplus_alpha_init", "p75", str,
+                     "BNN+: alpha from the median, mean or 75th percentile of each filter's |W| "
+                     "(default: %(default)s)", ALPHA_INITS),
+    )
+
+    def layer_factory(self, config: Any) -> LayerFactory:
+        beta = float(self.option(config, "bnnplus_beta"))
+        trainable = bool(self.option(config, "bnnplus_trainable_beta"))
+        alpha_init = self.option(config, "bnnplus_alpha_init")
+
+        def conv(in_ch, out_ch, kernel, stride, padding):
+            return bnnplus_layer("conv", in_ch, out_ch, kernel, stride, padding, beta=beta,
+                                 trainable_beta=trainable, alpha_init=alpha_init)
+
+        def linear(in_f, out_f):
+            return bnnplus_layer("linear", in_f, out_f, beta=beta, trainable_beta=trainable,
+                                 alpha_init=alpha_init)
+
+        return LayerFactory(conv=conv, linear=linear, name="bnn+")
+
+    def start(self, context: Any) -> None:
+        self._layers = [layer for _, layer in latent_binary_layers(context.model)]
+        self._kind = self.option(context.config, "bnnplus_regularizer")
+        self._lambda = float(self.option(context.config, "bnnplus_lambda"))
+
+    def extra_loss(self, context: Any) -> torch.Tensor | None:
+        if self._kind == "none" or self._lambda == 0.0:
+            return None
+        return self._lambda * bnnplus_regularizer(self._layers, self._kind)

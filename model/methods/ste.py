@@ -24,13 +24,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from binforge.errors import BinforgeError
+
+from ..arch import LayerFactory
 from ..export import BinaryExport, UnsupportedForHardware
+from ..optim import CaseOptimizer
 from ..quant import hard_sign, sign_ste
+from ..train import Method
 
 __all__ = [
     "SteSign",
@@ -39,6 +46,10 @@ __all__ = [
     "latent_binary_layers",
     "clip_latent_weights",
     "ste_layer_factory",
+    "MethodOption",
+    "CompanionMethod",
+    "float_structure",
+    "SteMethod",
 ]
 
 
@@ -288,3 +299,92 @@ def ste_layer_factory(kind: str, *args, **kwargs) -> _LatentBinaryLayer:
     if kind == "linear":
         return LatentBinaryLinear(*args, **kwargs)
     raise ValueError(f"layer kind must be 'conv' or 'linear', not {kind!r}")
+
+
+# --------------------------------------------------------------------------------------
+# The training method (plugs into binforge.model.train's Method registry)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodOption:
+    """One option of a companion method: ``RunConfig.method_options[key]`` and ``--key-with-dashes``.
+
+    ``kind`` is ``float``, ``int``, ``str`` or ``bool`` (a flag); ``choices``
+    restricts the value.
+    """
+
+    key: str
+    default: Any
+    kind: type
+    help: str
+    choices: tuple | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+class CompanionMethod(Method):
+    """A companion method: its layers from a :class:`LayerFactory`, Adam for every parameter.
+
+    The binary phase starts from the float pre-trained model
+    (:func:`binary_from_float` copies the first layer, batch norms and
+    classifier and calls each binary layer's ``init_from_float``).
+    Subclasses set ``name``, ``options`` and :meth:`layer_factory`.
+    """
+
+    options: tuple[MethodOption, ...] = ()
+    clip_latent: bool = False
+
+    def option(self, config: Any, key: str) -> Any:
+        """``config.method_options[key]``, or the option's default."""
+        for spec in self.options:
+            if spec.key == key:
+                value = (getattr(config, "method_options", None) or {}).get(key, spec.default)
+                if spec.choices is not None and value not in spec.choices:
+                    raise BinforgeError(
+                        f"{spec.flag} must be one of {', '.join(map(str, spec.choices))}, "
+                        f"not {value!r}")
+                return value
+        raise KeyError(f"method {self.name!r} has no option {key!r}")
+
+    def layer_factory(self, config: Any) -> LayerFactory:
+        raise NotImplementedError
+
+    def build_model(self, config: Any, float_model: nn.Module | None) -> nn.Module:
+        from binforge.model.arch import binary_from_float
+
+        if float_model is None:
+            float_model = float_structure(config)
+        return binary_from_float(float_model, layer_factory=self.layer_factory(config))
+
+    def build_optimizer(self, model: nn.Module, config: Any) -> CaseOptimizer:
+        latent = [layer.weight for _, layer in latent_binary_layers(model)] if self.clip_latent else []
+        params = [p for p in model.parameters() if p.requires_grad]
+        return CaseOptimizer(model, {"adam": torch.optim.Adam(params, lr=config.lr)},
+                             latent_clip=latent)
+
+    def summary(self, context: Any) -> dict[str, Any]:
+        return {"method_options": {spec.key: self.option(context.config, spec.key)
+                                   for spec in self.options}}
+
+
+def float_structure(config: Any) -> nn.Module:
+    """The float twin the training loop pre-trains, built from a run's configuration."""
+    from binforge.model.train import _build_float_model
+
+    return _build_float_model(config)
+
+
+class SteMethod(CompanionMethod):
+    """``ste``: plain BNN (Hubara et al.): sign, hardtanh STE, latent weights clipped to [-1, 1], Adam."""
+
+    name = "ste"
+    clip_latent = True
+
+    def layer_factory(self, config: Any) -> LayerFactory:
+        def conv(in_ch, out_ch, kernel, stride, padding):
+            return LatentBinaryConv2d(in_ch, out_ch, kernel, stride, padding)
+
+        return LayerFactory(conv=conv, linear=LatentBinaryLinear, name="ste")

@@ -25,12 +25,22 @@ unless the output is a single pixel.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arch import LayerFactory
 from ..export import UnsupportedForHardware
-from .ste import LatentBinaryConv2d, LatentBinaryLinear, _LatentBinaryLayer
+from .ste import (
+    CompanionMethod,
+    LatentBinaryConv2d,
+    LatentBinaryLinear,
+    MethodOption,
+    _LatentBinaryLayer,
+    float_structure,
+)
 
 __all__ = [
     "XNORPP_CASES",
@@ -40,6 +50,9 @@ __all__ = [
     "FusedGammaScale",
     "xnor_layer",
     "xnorpp_layer",
+    "binary_input_sizes",
+    "XnorMethod",
+    "XnorPPMethod",
 ]
 
 #: XNOR-Net++'s four shapes of Gamma (Eq. 4-7).
@@ -236,3 +249,76 @@ def xnorpp_layer(kind: str, *args, case: int = 1, input_hw: tuple[int, int] | No
         layer.scaler.reset_from_weight(layer.weight.detach())
         return layer
     raise ValueError(f"layer kind must be 'conv' or 'linear', not {kind!r}")
+
+
+@torch.no_grad()
+def binary_input_sizes(float_model: nn.Module, in_shape: tuple[int, int, int]) -> list[tuple[int, int]]:
+    """Input height and width of every binary convolution, in the order the factory builds them.
+
+    Runs one dummy image through the float twin (eval mode, nothing changes)
+    and records the input of each float stand-in convolution.
+    """
+    from binforge.model.arch import FloatActConv2d
+
+    sizes: list[tuple[int, int]] = []
+    hooks = [m.register_forward_pre_hook(lambda _m, args: sizes.append(tuple(args[0].shape[-2:])))
+             for m in float_model.modules() if isinstance(m, FloatActConv2d)]
+    was_training = float_model.training
+    float_model.eval()
+    try:
+        float_model(torch.zeros((1,) + tuple(in_shape)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        float_model.train(was_training)
+    return sizes
+
+
+class XnorMethod(CompanionMethod):
+    """``xnor``: XNOR-Net's analytic ``alpha = mean |W|`` per filter (and ``K`` with the flag), Adam."""
+
+    name = "xnor"
+    options = (
+        MethodOption("xnor_input_factor", False, bool,
+                     "XNOR-Net: also scale by the input factor K (Eq. 2; such a model cannot be "
+                     "compiled)"),
+    )
+
+    def layer_factory(self, config: Any) -> LayerFactory:
+        input_factor = bool(self.option(config, "xnor_input_factor"))
+
+        def conv(in_ch, out_ch, kernel, stride, padding):
+            return xnor_layer("conv", in_ch, out_ch, kernel, stride, padding,
+                              input_factor=input_factor)
+
+        def linear(in_f, out_f):
+            return xnor_layer("linear", in_f, out_f, input_factor=input_factor)
+
+        return LayerFactory(conv=conv, linear=linear, name="xnor")
+
+
+class XnorPPMethod(CompanionMethod):
+    """``xnor++``: XNOR-Net++'s learned fused Gamma (case 1-4), Adam."""
+
+    name = "xnor++"
+    options = (
+        MethodOption("xnorpp_case", 1, int,
+                     "XNOR-Net++: shape of Gamma, 1 (per channel, compilable), 2 (o x h x w), "
+                     "3 (alpha x beta_hw), 4 (alpha x beta_h x gamma_w) (default: %(default)s)",
+                     XNORPP_CASES),
+    )
+
+    def layer_factory(self, config: Any) -> LayerFactory:
+        case = int(self.option(config, "xnorpp_case"))
+        sizes = iter(binary_input_sizes(float_structure(config), tuple(config.in_shape))
+                     if case != 1 else ())
+
+        def conv(in_ch, out_ch, kernel, stride, padding):
+            input_hw = next(sizes) if case != 1 else None
+            return xnorpp_layer("conv", in_ch, out_ch, kernel, stride, padding, case=case,
+                                input_hw=input_hw)
+
+        def linear(in_f, out_f):
+            return xnorpp_layer("linear", in_f, out_f, case=case)
+
+        return LayerFactory(conv=conv, linear=linear, name=f"xnor++-case{case}")
