@@ -380,6 +380,8 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
     as_input: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of a data set without a ``DataLoader``: ``(images, int64 labels)`` tensors.
 
@@ -401,15 +403,26 @@ def iterate_batches(
         Skip a final batch smaller than ``batch_size``.
     as_input:
         Yield float32 model input (:func:`batch_to_input`); ``False`` yields uint8 pixels.
+    rank, world_size:
+        Distributed training: this process's share of the (shuffled) order, like
+        ``DistributedSampler``: the order is padded by wrapping around to a multiple
+        of ``world_size`` and process ``rank`` takes every ``world_size``-th index,
+        so every process gets the same number of batches. Give every process a
+        generator with the same seed so that they agree on the order.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, not {batch_size!r}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), not {rank!r} of {world_size!r}")
     count = len(dataset)
     if shuffle:
         order = torch.randperm(count, generator=generator).numpy()
     else:
         order = np.arange(count)
-    stop = count - count % batch_size if drop_last else count
+    if world_size > 1:
+        total = -(-count // world_size) * world_size
+        order = np.resize(order, total)[rank::world_size]
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
     for start in range(0, stop, batch_size):
         indices = order[start : start + batch_size]
         images = torch.from_numpy(np.ascontiguousarray(dataset._images(indices)))

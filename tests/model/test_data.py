@@ -570,3 +570,21 @@ def test_augmentation_draws_every_crop_and_flips_half(per_item):
     assert {(dy, dx) for dy, dx, _ in found} == {(dy, dx) for dy in range(9) for dx in range(9)}
     flips = sum(flip for _, _, flip in found) / draws
     assert 0.45 < flips < 0.55
+
+
+def test_iterate_batches_shards_for_distributed_training():
+    ds = load_dataset("synthetic", "test", limit=10)
+    shards = []
+    for rank in range(3):
+        g = torch.Generator().manual_seed(7)  # same seed on every process
+        batches = list(
+            iterate_batches(
+                ds, 2, shuffle=True, generator=g, rank=rank, world_size=3, as_input=False
+            )
+        )
+        assert [len(labels) for _, labels in batches] == [2, 2]  # 10 -> 12 -> 4 each
+        shards.append(torch.cat([images for images, _ in batches]))
+    seen = {bytes(image.numpy()) for shard in shards for image in shard}
+    assert seen == {bytes(image) for image in ds.images}
+    with pytest.raises(ValueError, match="rank must be in"):
+        next(iterate_batches(ds, 2, rank=3, world_size=3))
