@@ -663,8 +663,9 @@ def _idx_file(folder: Path, stem: str) -> Path:
 def _load_fashion_mnist(split: Split, folder: Path | None) -> tuple[np.ndarray, np.ndarray, Path]:
     folder = FASHION_MNIST_DIR if folder is None else folder
     if not folder.is_dir():
+        state = "is a file, not a folder" if folder.exists() else "does not exist"
         raise BinforgeError(
-            f"Fashion-MNIST folder {folder} does not exist; install it with "
+            f"Fashion-MNIST folder {folder} {state}; install it with "
             "`apt-get install -y dataset-fashion-mnist` or give fashion-mnist=PATH"
         )
     prefix = "train" if split == "train" else "t10k"
@@ -709,8 +710,9 @@ def _read_idx_pair(
 def _cifar_folder(path: Path) -> Path:
     """The folder holding the batches: PATH itself or a ``cifar-10-batches-*`` inside it."""
     if not path.is_dir():
+        state = "is a file, not a folder" if path.exists() else "does not exist"
         raise BinforgeError(
-            f"CIFAR-10 folder {path} does not exist; give cifar10=PATH with the folder "
+            f"CIFAR-10 folder {path} {state}; give cifar10=PATH with the folder "
             "of data_batch_1.bin .. test_batch.bin"
         )
     for candidate in (path, path / "cifar-10-batches-bin", path / "cifar-10-batches-py"):
@@ -771,8 +773,9 @@ def _folder_split_dir(path: Path, split: Split) -> Path:
 
 def _folder_classes(path: Path) -> tuple[str, ...]:
     if not path.is_dir():
+        state = "is a file, not a folder" if path.exists() else "does not exist"
         raise BinforgeError(
-            f"image folder {path} does not exist; give folder=PATH with PATH/train/<class>/ "
+            f"image folder {path} {state}; give folder=PATH with PATH/train/<class>/ "
             "and PATH/val/<class>/"
         )
     train = _folder_split_dir(path, "train")

@@ -588,3 +588,13 @@ def test_iterate_batches_shards_for_distributed_training():
     assert seen == {bytes(image) for image in ds.images}
     with pytest.raises(ValueError, match="rank must be in"):
         next(iterate_batches(ds, 2, rank=3, world_size=3))
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist", "cifar10", "folder"])
+def test_a_file_where_a_folder_belongs(tmp_path, name):
+    path = tmp_path / "file"
+    path.write_bytes(b"x")
+    with pytest.raises(BinforgeError, match=f"{path} is a file, not a folder"):
+        load_dataset(f"{name}={path}", "train")
+    with pytest.raises(BinforgeError, match=f"{tmp_path / 'nope'} does not exist"):
+        load_dataset(f"{name}={tmp_path / 'nope'}", "train")
