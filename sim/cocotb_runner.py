@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -62,7 +63,7 @@ _INSTALL_HINT = {
 #: Amaranth's Verilog trips Verilator's lint (width and style warnings); they are not errors.
 _VERILATOR_ARGS: tuple[str, ...] = ("-Wno-fatal", "-Wno-lint", "-Wno-style")
 #: Bumped when the way designs are built changes, so stale build folders are not reused.
-_BUILD_RECIPE = 1
+_BUILD_RECIPE = 2
 
 
 class SimulationFailed(AssertionError):
@@ -181,6 +182,21 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _runtime_object_cache(folder: Path) -> Iterator[None]:
+    """Let Verilator's makefiles reuse compiled runtime objects (see :mod:`.verilator_objcache`)."""
+    script = Path(__file__).resolve().with_name("verilator_objcache.py")
+    old = os.environ.get("OBJCACHE")
+    os.environ["OBJCACHE"] = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} {shlex.quote(str(folder))}"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("OBJCACHE", None)
+        else:
+            os.environ["OBJCACHE"] = old
+
+
 def _waves_requested(waves: bool) -> bool:
     # cocotb's runner itself lets WAVES=1 override the argument; mirror it so the key is honest.
     from cocotb_tools import _env
@@ -240,8 +256,10 @@ def build_design(simulator: str, sources: Sequence[str | os.PathLike], toplevel:
         build_dir.mkdir(parents=True)
         build_args = list(_VERILATOR_ARGS) if simulator == "verilator" else []
         try:
-            runner.build(sources=list(srcs), hdl_toplevel=toplevel, build_dir=build_dir,
-                         build_args=build_args, always=True, timescale=TIMESCALE, waves=waves, log_file=log)
+            with _runtime_object_cache(root / ".verilator-objects"):
+                runner.build(sources=list(srcs), hdl_toplevel=toplevel, build_dir=build_dir,
+                             build_args=build_args, always=True, timescale=TIMESCALE, waves=waves,
+                             log_file=log)
         except (SystemExit, Exception) as exc:  # the runner raises SystemExit or CalledProcessError
             tail = log.read_text(errors="replace")[-3000:] if log.is_file() else ""
             raise BinforgeError(f"{simulator} could not build {toplevel} ({exc!r}); its log ends:\n{tail}") from None

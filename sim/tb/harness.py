@@ -20,9 +20,11 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 from cocotb.utils import get_sim_time
 
+from binforge.compiler.ir import pack_bits
 from binforge.sim.cocotb_runner import REPORT_ENV, STIMULUS_ENV
 
-__all__ = ["CLOCK_NS", "Stimulus", "load_stimulus", "start_clock", "reset", "cycles_now", "Scoreboard"]
+__all__ = ["CLOCK_NS", "Stimulus", "load_stimulus", "start_clock", "reset", "cycles_now", "bits_to_int",
+           "signed_fields", "Scoreboard"]
 
 #: Clock period of every testbench (the timescale is 1 ns / 1 ps).
 CLOCK_NS = 10
@@ -67,6 +69,25 @@ async def reset(dut, cycles: int = 2) -> None:
 def cycles_now() -> int:
     """Clock cycles since time zero (from the simulation time, no per-cycle Python)."""
     return int(get_sim_time(unit="ns")) // CLOCK_NS
+
+
+def bits_to_int(bits: np.ndarray) -> int:
+    """A 0/1 vector as a Python int, element ``i`` at bit ``i`` (the IR's order), any width."""
+    flat = np.asarray(bits, dtype=np.uint8).reshape(-1)
+    if flat.size == 0:
+        return 0
+    words = pack_bits(flat)
+    return sum(int(w) << (64 * i) for i, w in enumerate(words))
+
+
+def signed_fields(value: int, width: int, count: int) -> np.ndarray:
+    """Split an unsigned int into ``count`` two's-complement fields of ``width`` bits, field 0 lowest."""
+    mask, sign = (1 << width) - 1, 1 << (width - 1)
+    out = np.empty(count, dtype=np.int64)
+    for i in range(count):
+        f = (value >> (i * width)) & mask
+        out[i] = f - (1 << width) if f & sign else f
+    return out
 
 
 class Scoreboard:
