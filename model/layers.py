@@ -13,7 +13,9 @@ float copy), N activation bases ``A_n`` (learned thresholds, see
 The M x N binary convolutions run as ONE convolution: the N activation bases
 are stacked along channels (``N * Ci`` input channels) and the fused weight
 block ``n`` is ``sum_m p_mn gamma_mn W_m``. That is exact (convolution is
-linear in the weight), and values and gradients equal the M x N sum.
+linear in the weight), and values and gradients equal the M x N sum. An
+activation base no surviving op uses is not computed at all, so pruning
+activation bases makes the layer faster.
 """
 
 from __future__ import annotations
@@ -190,10 +192,23 @@ class _MBNBase(nn.Module):
                                 ops=ops, kernel=kernel, stride=stride, padding=padding,
                                 pad_value=float(pad_value))
 
-    def _fused_weight(self) -> torch.Tensor:
-        """``(Co, N, *rest)``: block ``n`` is ``sum_m p_mn gamma_mn W_m``."""
-        weight = self._binary_weight()
-        return torch.einsum("mn,mo...->on...", self.op_scales(), weight)
+    def _used_act_index(self) -> torch.Tensor | None:
+        """Indices of the activation bases some surviving op uses; None when all are used."""
+        used = self.mask.sum(dim=0) > 0
+        if bool(used.all()):
+            return None
+        return torch.nonzero(used).flatten()
+
+    def _fused_weight(self, act_index: torch.Tensor | None) -> torch.Tensor:
+        """``(Co, N', *rest)``: block ``n`` is ``sum_m p_mn gamma_mn W_m``.
+
+        Only the activation bases in ``act_index`` (all when None) get a block:
+        the others have no surviving op, so their block would be zero.
+        """
+        scales = self.op_scales()
+        if act_index is not None:
+            scales = scales[:, act_index]
+        return torch.einsum("mn,mo...->on...", scales, self._binary_weight())
 
 
 class MBNConv2d(_MBNBase):
@@ -250,12 +265,13 @@ class MBNConv2d(_MBNBase):
         self._init_common(out_ch, (int(out_ch), int(in_ch), int(kernel), int(kernel)), M, N, scaling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bases = self.act(x)  # (B, N * Ci, H, W), +-1
+        act_index = self._used_act_index()
+        bases = self.act(x, act_index)  # (B, N' * Ci, H, W), +-1
         if self.padding:
             p = self.padding
             bases = F.pad(bases, (p, p, p, p), value=self.pad_value)
-        weight = self._fused_weight()  # (Co, N, Ci, k, k)
-        weight = weight.reshape(self.out_channels, self.N * self.in_channels,
+        weight = self._fused_weight(act_index)  # (Co, N', Ci, k, k)
+        weight = weight.reshape(self.out_channels, bases.shape[1],
                                 self.kernel_size, self.kernel_size)
         return F.conv2d(bases, weight, stride=self.stride)
 
@@ -313,8 +329,9 @@ class MBNLinear(_MBNBase):
         self._init_common(out_f, (int(out_f), int(in_f)), M, N, scaling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bases = self.act(x)  # (B, N * K)
-        weight = self._fused_weight().reshape(self.out_features, self.N * self.in_features)
+        act_index = self._used_act_index()
+        bases = self.act(x, act_index)  # (B, N' * K)
+        weight = self._fused_weight(act_index).reshape(self.out_features, bases.shape[1])
         return F.linear(bases, weight)
 
     def bit_ops(self, input_hw: tuple[int, int] | None = None) -> int:

@@ -165,13 +165,15 @@ class ActivationBases(nn.Module):
         self.num_bases = int(num_bases)
         self.thresholds = nn.Parameter(default_activation_thresholds(self.num_bases, spread))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bases(x).flatten(1, 2)
+    def forward(self, x: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, N * C, ...)``; with ``indices``, only those bases (in that order)."""
+        return self.bases(x, indices).flatten(1, 2)
 
-    def bases(self, x: torch.Tensor) -> torch.Tensor:
-        """The bases as ``(B, N, C, ...)``."""
-        shape = (1, self.num_bases) + (1,) * (x.dim() - 1)
-        return binarize_threshold(x.unsqueeze(1), self.thresholds.view(shape))
+    def bases(self, x: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """The bases as ``(B, N, C, ...)`` (or ``(B, len(indices), C, ...)``)."""
+        thresholds = self.thresholds if indices is None else self.thresholds[indices]
+        shape = (1, thresholds.numel()) + (1,) * (x.dim() - 1)
+        return binarize_threshold(x.unsqueeze(1), thresholds.view(shape))
 
     def extra_repr(self) -> str:
         return f"num_bases={self.num_bases}"
