@@ -53,7 +53,11 @@ Scaling = Literal["operation", "base"]
 
 
 def mark_binary(parameter: nn.Parameter) -> nn.Parameter:
-    """Mark ``parameter`` as binary (+-1 values) so the optimizer split gives it to BOP."""
+    """Mark ``parameter`` as binary (+-1 values) so the optimizer split gives it to BOP.
+
+    The flag is an attribute of the parameter object; ``copy.deepcopy`` drops
+    it, so layers also answer ``binary_parameters()``, which the split reads first.
+    """
     parameter._binforge_binary = True
     return parameter
 
@@ -88,6 +92,15 @@ class _MBNBase(nn.Module):
         fan_in = math.prod(weight_shape[1:])
         bound = 1.0 / math.sqrt(fan_in)
         self.init_from_float(torch.empty(weight_shape).uniform_(-bound, bound))
+
+    def binary_parameters(self) -> list[nn.Parameter]:
+        """The parameters holding +-1 values (BOP trains them): ``[weight_bases]``.
+
+        The optimizer split asks modules this, so the answer survives
+        ``copy.deepcopy`` and device moves (which drop attributes set on a
+        parameter, such as :func:`mark_binary`'s flag).
+        """
+        return [self.weight_bases]
 
     # ---- scales and mask -------------------------------------------------------------
 

@@ -7,7 +7,7 @@ signal is strong (``|m| >= threshold``) and agrees in sign with the weight
 float weight.
 
 :func:`build_optimizers` gives every parameter marked binary
-(:func:`binforge.model.layers.mark_binary`) to BOP and everything else
+(a layer's ``binary_parameters()``) to BOP and everything else
 (scales, thresholds, batch norm, first and last layers) to AMSGrad, inside a
 :class:`CaseOptimizer` that checks the split covers the model exactly once.
 
@@ -155,12 +155,20 @@ def _name_of(model: nn.Module, parameter: torch.Tensor) -> str:
 
 def split_parameters(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]],
                                                 list[tuple[str, nn.Parameter]]]:
-    """``(binary, other)`` named trainable parameters: binary ones are marked by ``mark_binary``."""
+    """``(binary, other)`` named trainable parameters.
+
+    Binary parameters are those a module lists in its ``binary_parameters()``
+    (MBN layers: ``weight_bases``) and those flagged by ``mark_binary``.
+    """
+    binary_ids = {id(p) for module in model.modules()
+                  if callable(getattr(module, "binary_parameters", None))
+                  for p in module.binary_parameters()}
     binary, other = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (binary if is_binary_parameter(p) else other).append((name, p))
+        is_binary = id(p) in binary_ids or is_binary_parameter(p)
+        (binary if is_binary else other).append((name, p))
     return binary, other
 
 

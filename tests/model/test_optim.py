@@ -1,5 +1,7 @@
 """BOP's flip rule, the optimizer split and its errors, AMSGrad moments for PaBT."""
 
+import copy
+
 import pytest
 import torch
 from binforge.model.layers import BinaryInputLinear, MBNConv2d, MBNLinear
@@ -64,6 +66,12 @@ def test_split_gives_bases_to_bop_and_the_rest_to_amsgrad():
     fresh.load_state_dict(state)
     assert torch.equal(fresh["bop"].state_dict()["state"][0]["exp_avg"],
                        opt["bop"].state[net[0].weight_bases]["exp_avg"])
+
+
+def test_split_survives_deepcopy():
+    net = copy.deepcopy(_net())
+    binary, _ = split_parameters(net)
+    assert [name for name, _ in binary] == ["0.weight_bases"]
 
 
 def test_split_errors_name_the_parameter():
