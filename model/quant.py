@@ -108,10 +108,11 @@ def fit_base_scales(weight: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
     torch.Tensor
         ``(M,)`` scales (minimum-norm solution where bases coincide).
     """
-    design = bases.detach().reshape(bases.shape[0], -1).T.to(torch.float64)
-    target = weight.detach().reshape(-1, 1).to(torch.float64)
-    solution = torch.linalg.pinv(design) @ target
-    return solution.reshape(-1).to(weight.dtype)
+    design = bases.detach().reshape(bases.shape[0], -1).to(torch.float64)  # (M, K)
+    target = weight.detach().reshape(-1).to(torch.float64)
+    # pinv(B) w = pinv(B^T B) B^T w: an M x M system however large the layer.
+    solution = torch.linalg.pinv(design @ design.T) @ (design @ target)
+    return solution.to(weight.dtype)
 
 
 def _spread(count: int, half_width: float, like: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,9 @@ def test_fit_base_scales_recovers_exact_combination():
     c = torch.tensor([0.5, -0.25, 2.0])
     w = (c[:, None] * bases).sum(0)
     assert torch.allclose(fit_base_scales(w, bases), c, atol=1e-5)
+    # coinciding bases share the scale (minimum-norm solution)
+    twin = torch.stack([bases[0], bases[0]])
+    assert torch.allclose(fit_base_scales(2 * bases[0], twin), torch.tensor([1.0, 1.0]), atol=1e-5)
 
 
 def test_activation_bases_stack_along_channels_base_major():
