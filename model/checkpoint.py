@@ -18,6 +18,8 @@ import json
 import os
 import pickle
 import random
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +69,21 @@ def load_state_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     path = Path(path)
     if not path.is_file():
         raise BinforgeError(f"{what} {path} does not exist: train the run first or check the path")
+    if not zipfile.is_zipfile(path):
+        raise BinforgeError(
+            f"{what} {path} is truncated or not a PyTorch file (no zip archive): "
+            "re-run the training that writes it"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        culprit = f" ({found.group(1)})" if found else ""
         raise BinforgeError(
-            f"{what} {path} holds objects other than tensors and plain containers "
-            f"(refused, binforge never unpickles): use a file written by binforge ({exc})"
+            f"{what} {path} holds objects other than tensors and plain containers{culprit}; "
+            "refused, binforge never unpickles: use a file written by binforge"
         ) from None
-    except Exception as exc:  # torch raises many types for damaged files
+    except Exception as exc:  # torch raises many types for damaged archives
         raise BinforgeError(
             f"{what} {path} is truncated or not a PyTorch file ({str(exc).splitlines()[0]}): "
             "re-run the training that writes it"

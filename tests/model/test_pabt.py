@@ -154,3 +154,63 @@ def test_random_criterion_is_reproducible_per_seed_and_resumable():
 def test_pruner_rejects_unknown_criterion():
     with pytest.raises(ValueError, match="criterion must be one of"):
         PaBTPruner(_layers(1), PruneSchedule(0, 1, 1), criterion="magnitude")
+
+
+# -- in the training loop --------------------------------------------------------------------
+
+
+def test_a_pruned_gamma_stops_training():
+    from binforge.model.optim import build_optimizers
+    from binforge.model.train import MethodContext, PaBTMethod, RunConfig
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(MBNLinear(6, 5, M=2, N=2), torch.nn.BatchNorm1d(5))
+    optimizer = build_optimizers(model, lr=0.05)
+    config = RunConfig(M=2, N=2, t_start="0", t_end="1", psi=0.25)  # one decision, at step 1
+    context = MethodContext(model=model, optimizer=optimizer, config=config,
+                            steps_per_epoch=10, total_steps=10)  # fmt: skip
+    method = PaBTMethod()
+    method.start(context)
+    x, target = torch.randn(32, 6), torch.randint(0, 5, (32,))
+    gammas = []
+    for step in range(1, 6):
+        loss = torch.nn.functional.cross_entropy(model(x), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        context.step = step
+        method.after_step(context)
+        gammas.append(model[0].gamma.detach().clone())
+    (decision,) = context.log
+    m, n = decision["m"], decision["n"]
+    assert decision["step"] == 1 and model[0].mask[m, n] == 0
+    assert all(g[m, n] == gammas[0][m, n] for g in gammas[1:])
+    surviving = model[0].mask.bool()
+    assert not torch.equal(gammas[-1][surviving], gammas[0][surviving])
+
+
+@pytest.mark.parametrize("method", ["pabt", "pabt-random"])
+def test_pabt_on_digits_ends_at_one_op_per_layer(tmp_path, method):
+    from binforge.model.train import RunConfig, train
+
+    # vgg-small at width 1/16 on 8x8 digits: five 3x3 binary convolutions, M = N = 2.
+    config = RunConfig(data="digits", arch="vgg-small", width=0.0625, method=method, M=2, N=2,
+                       epochs=2, float_epochs=0, batch_size=32, limit_train=128,
+                       limit_test=64, t_start="2", t_end="1.5ep", seed=1)  # fmt: skip
+    result = train(config, tmp_path / "run")
+    metrics = result.metrics
+    assert len(metrics["layers"]) == 5
+    for layer in metrics["layers"]:
+        assert (layer["surviving_ops"], layer["weight_bits"], layer["act_bits"]) == (1, 1, 1)
+    log = [json.loads(line) for line in (tmp_path / "run" / "prune_log.jsonl").read_text().splitlines()]
+    assert len(log) == 5 * 3 == metrics["pabt"]["prune_total"]
+    assert all(2 <= record["step"] <= 6 for record in log)  # t_end = 1.5 epochs of 4 steps
+    assert [r["step"] for r in log] == sorted(r["step"] for r in log)
+    # Every layer loses exactly one weight base and one activation base on its way to 1/1.
+    for name in {r["layer"] for r in log}:
+        records = [r for r in log if r["layer"] == name]
+        assert sum(len(r["collapsed_weight_bases"]) for r in records) == 1
+        assert sum(len(r["collapsed_act_bases"]) for r in records) == 1
+        assert records[-1]["surviving_ops"] == 1
+    assert (metrics["pabt"]["criterion"] == "random") == (method == "pabt-random")
+    assert all(r["score"] is None for r in log) == (method == "pabt-random")
