@@ -183,18 +183,29 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _runtime_object_cache(folder: Path) -> Iterator[None]:
-    """Let Verilator's makefiles reuse compiled runtime objects (see :mod:`.verilator_objcache`)."""
+def _verilator_make_env(objects: Path) -> Iterator[None]:
+    """The environment of Verilator's make step, for the duration of a build.
+
+    - ``OBJCACHE``: reuse compiled runtime objects (see :mod:`.verilator_objcache`);
+    - ``MAKEFLAGS``: the PyPI wheel's ``verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I`` empty,
+      which breaks designs large enough for Verilator's precompiled header; it is ``-include``.
+      (A parent make's own ``MAKEFLAGS``, e.g. from ``make test``, is not passed on.)
+    """
     script = Path(__file__).resolve().with_name("verilator_objcache.py")
-    old = os.environ.get("OBJCACHE")
-    os.environ["OBJCACHE"] = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} {shlex.quote(str(folder))}"
+    wanted = {
+        "OBJCACHE": " ".join(shlex.quote(str(p)) for p in (sys.executable, script, objects)),
+        "MAKEFLAGS": "CFG_CXXFLAGS_PCH_I=-include",
+    }
+    old = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("OBJCACHE", None)
-        else:
-            os.environ["OBJCACHE"] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _waves_requested(waves: bool) -> bool:
@@ -256,7 +267,7 @@ def build_design(simulator: str, sources: Sequence[str | os.PathLike], toplevel:
         build_dir.mkdir(parents=True)
         build_args = list(_VERILATOR_ARGS) if simulator == "verilator" else []
         try:
-            with _runtime_object_cache(root / ".verilator-objects"):
+            with _verilator_make_env(root / ".verilator-objects"):
                 runner.build(sources=list(srcs), hdl_toplevel=toplevel, build_dir=build_dir,
                              build_args=build_args, always=True, timescale=TIMESCALE, waves=waves,
                              log_file=log)

@@ -30,6 +30,8 @@ async def array_sums(dut):
     beats = len(act)
     due = {int(t) + latency: k for k, t in enumerate(last.nonzero()[0])}
     start_clock(dut)
+    for port in (dut.act, dut.weight, dut.first, dut.last, dut.gain):
+        port.value = 0  # no undriven (Z) input may reach a register
     dut.rst.value = 1
     await RisingEdge(dut.clk)
     dut.rst.value = 0

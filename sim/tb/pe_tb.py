@@ -28,6 +28,8 @@ async def pe_sums(dut):
     expected, sum_index = stim["expected"], stim["sum_index"]
     beats = len(act)
     start_clock(dut)
+    for port in (dut.act, dut.weight, dut.first, dut.last, dut.gain):
+        port.value = 0  # no undriven (Z) input may reach a register
     dut.rst.value = 0
     await RisingEdge(dut.clk)
     for t in range(beats + latency + 1):
