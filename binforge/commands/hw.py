@@ -1,0 +1,66 @@
+"""``binforge hw NET/ --rows R --cols C --simd S --out HW/``: generate the accelerator's Verilog.
+
+Writes ``HW/binforge_top.v``, ``HW/hw.json`` (parameters, memory sizes, analytic cycles
+per layer, the top's ports) and ``HW/report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from binforge.errors import BinforgeError
+from binforge.outdir import atomic_output_dir, write_report
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "hw",
+        help="generate the accelerator (Verilog + hw.json) for a compiled network",
+        description="Map a compiled network onto an R x C array of XNOR-popcount PEs with S bits "
+        "per PE per cycle and write the Verilog top module binforge_top, hw.json and report.json.",
+    )
+    parser.add_argument("net", metavar="NET", help="folder written by 'binforge compile'")
+    parser.add_argument("--rows", type=int, default=4, metavar="R",
+                        help="PE rows: output channels computed at once (default 4)")
+    parser.add_argument("--cols", type=int, default=4, metavar="C",
+                        help="PE columns: output positions computed at once (default 4)")
+    parser.add_argument("--simd", type=int, default=32, metavar="S",
+                        help="bits per PE per cycle, a power of two (default 32)")
+    parser.add_argument("--relay", type=int, default=4, metavar="N",
+                        help="PEs fed by one relay register (default 4)")
+    parser.add_argument("--max-bram", type=int, default=None, metavar="KBIT",
+                        help="refuse networks needing more on-chip memory than KBIT kilobits "
+                        "(1 kbit = 1024 bits; iCE40UP5K has 120, ECP5-85 3744)")
+    parser.add_argument("--out", required=True, metavar="HW", help="output folder")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from binforge.compiler.ir import IRError, load
+    from binforge.hw.generate import generate
+
+    try:
+        net = load(args.net)
+    except IRError as exc:
+        raise BinforgeError(f"cannot read the network: {exc}") from None
+    limit = None if args.max_bram is None else args.max_bram * 1024
+    try:
+        with atomic_output_dir(args.out) as folder:
+            desc = generate(net, args.rows, args.cols, args.simd, folder, relay=args.relay,
+                            max_bram_bits=limit)
+            write_report(folder, "hw", network=net.name, rows=args.rows, cols=args.cols,
+                         simd=args.simd, relay=args.relay, lanes=desc["lanes"],
+                         cycles=desc["cycles"]["total"], ideal_cycles=desc["cycles"]["ideal"],
+                         memory_bits=desc["memory_bits_total"], verilog=desc["verilog"])
+    except ValueError as exc:
+        raise BinforgeError(f"cannot map {net.name!r} onto the array: {exc}") from None
+    bits = desc["memory_bits"]
+    print(f"network    {net.name} ({len(net.layers)} layers, {net.num_classes} classes)")
+    print(f"array      {args.rows} x {args.cols} PEs x {args.simd} bits = {desc['lanes']} lanes")
+    print(f"cycles     {desc['cycles']['total']} per image (busy array alone: {desc['cycles']['ideal']})")
+    print(f"memory     {desc['memory_bits_total']} bits: " + ", ".join(f"{k} {v}" for k, v in bits.items()))
+    print(f"verilog    {args.out}/{desc['verilog']} (top module {desc['top']})")
+    return 0

@@ -1,0 +1,174 @@
+"""The whole-network accelerator: pixel bytes in, class index and logits out.
+
+``Accelerator(net, rows, cols, simd)`` is generated per network: the IR's weights,
+gains, thresholds and biases are baked into the memories' initial contents.
+"""
+
+from __future__ import annotations
+
+import math
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+from binforge.compiler.ir import INPUT_PLANES, Network
+
+from .plan import DEFAULT_RELAY, OUT_DATA_WIDTH, NetworkPlan, plan_network
+from .sequencer import LayerSequencer
+
+__all__ = ["Accelerator", "ResultLayout", "CYCLES_WIDTH"]
+
+#: Width of the cycle counter.
+CYCLES_WIDTH = 32
+
+#: One transfer of the result stream: the class index first, then every logit (signed,
+#: in the IR's (C, H, W) order); ``last`` marks the final logit.
+ResultLayout = data.StructLayout({"data": OUT_DATA_WIDTH, "last": 1})
+
+
+class Accelerator(wiring.Component):
+    """A network on an R x C x S XNOR-popcount array, from pixel bytes to class.
+
+    Parameters
+    ----------
+    net : Network
+        The network IR (validated).
+    rows, cols : int
+        Array rows (output channels) and columns (output positions), positive.
+    simd : int
+        Bits per PE per cycle, a positive power of two.
+    relay : int
+        PEs per relay register in the array (default 4).
+
+    Members
+    -------
+    pixels : In(stream.Signature(8))
+        The image, one uint8 pixel per transfer, in (C, H, W) order; taken after ``start``.
+    result : Out(stream.Signature(ResultLayout))
+        The class index, then ``num_classes`` logits (two's complement in ``data``);
+        ``last`` on the final one.
+    start : In(1)
+        Pulse while idle: take an image, run the network, send the result.
+    busy : Out(1)
+        High from the cycle after ``start`` until the last result transfer.
+    done : Out(1)
+        High once a run has finished, until the next ``start``.
+    cycles : Out(32)
+        Cycles the network took (from the first layer to the logits; not counting the
+        image transfer or the result stream); valid while ``done``.
+
+    Latency: ``cycles`` equals :func:`~binforge.hw.plan.analytic_cycles` ``["total"]``.
+    Loading takes 8 cycles per pixel (one per bit plane) plus the source's stalls.
+    """
+
+    def __init__(self, net: Network, rows: int, cols: int, simd: int, relay: int = DEFAULT_RELAY):
+        if not isinstance(net, Network):
+            raise TypeError(f"net must be a binforge.compiler.ir.Network, not {type(net).__name__}")
+        self._plan = plan_network(net, rows, cols, simd, relay)
+        self._sequencer = LayerSequencer(self._plan)
+        super().__init__({
+            "pixels": In(stream.Signature(8)),
+            "result": Out(stream.Signature(ResultLayout)),
+            "start": In(1),
+            "busy": Out(1),
+            "done": Out(1),
+            "cycles": Out(CYCLES_WIDTH),
+        })
+
+    @property
+    def plan(self) -> NetworkPlan:
+        return self._plan
+
+    @property
+    def net(self) -> Network:
+        return self._plan.net
+
+    def elaborate(self, platform):
+        m = Module()
+        plan = self._plan
+        s = plan.simd
+        log_s = s.bit_length() - 1
+        m.submodules.sequencer = seq = self._sequencer
+        shape = plan.net.input_shape
+        cw = math.ceil(shape.channels / s)
+        hw = shape.height * shape.width
+
+        # ---- Image loader: 8 bit-plane writes per pixel -------------------------------
+        aw = seq.act_addr_width + 2
+        byte = Signal(8)
+        have = Signal()
+        plane = Signal(range(INPUT_PLANES))
+        channel = Signal(range(shape.channels + 1))
+        pos = Signal(range(hw + 1))
+        pos_cw = Signal(aw)
+        plane_off = Signal(aw)
+        last_plane = plane == INPUT_PLANES - 1
+        lane = channel[:log_s] if log_s else 0
+        last_pixel = (channel == shape.channels - 1) & (pos == hw - 1)
+        bit = Signal()
+        m.d.comb += bit.eq(byte.bit_select(plane, 1))
+        m.d.comb += [seq.load_addr.eq(plane_off + pos_cw + (channel >> log_s)),
+                     seq.load_data.eq(bit << lane),
+                     seq.load_we.eq(have)]
+        with m.If(channel == shape.channels - 1):
+            # the last channel also clears the lanes above it (channel padding reads 0)
+            m.d.comb += seq.load_en.eq(((1 << s) - 1) << lane)
+        with m.Else():
+            m.d.comb += seq.load_en.eq(1 << lane)
+
+        count = Signal(CYCLES_WIDTH)
+        m.d.comb += self.cycles.eq(count)
+        with m.If(seq.busy):
+            m.d.sync += count.eq(count + 1)
+
+        k = Signal(range(plan.net.num_classes + 2))
+        out_valid = Signal()
+        out_payload = Signal(ResultLayout)
+        m.d.comb += [self.result.valid.eq(out_valid), self.result.payload.eq(out_payload)]
+
+        with m.FSM(name="accelerator"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [self.done.eq(0), have.eq(0), plane.eq(0), channel.eq(0), pos.eq(0),
+                                 pos_cw.eq(0), plane_off.eq(0), count.eq(0)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.comb += [self.busy.eq(1), self.pixels.ready.eq(~have | (last_plane & ~last_pixel))]
+                with m.If(have):
+                    with m.If(last_plane):
+                        m.d.sync += [plane.eq(0), plane_off.eq(0), have.eq(0)]
+                        with m.If(pos == hw - 1):
+                            m.d.sync += [pos.eq(0), pos_cw.eq(0), channel.eq(channel + 1)]
+                        with m.Else():
+                            m.d.sync += [pos.eq(pos + 1), pos_cw.eq(pos_cw + cw)]
+                        with m.If(last_pixel):
+                            m.next = "RUN"
+                    with m.Else():
+                        m.d.sync += [plane.eq(plane + 1), plane_off.eq(plane_off + hw * cw)]
+                with m.If(self.pixels.valid & self.pixels.ready):
+                    m.d.sync += [byte.eq(self.pixels.payload), have.eq(1)]
+            with m.State("RUN"):
+                m.d.comb += [self.busy.eq(1), seq.start.eq(1)]
+                m.next = "WAIT"
+            with m.State("WAIT"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(seq.done):
+                    m.d.sync += [out_valid.eq(1), out_payload.data.eq(seq.class_index),
+                                 out_payload.last.eq(0), k.eq(1)]
+                    m.next = "SEND"
+            with m.State("SEND"):
+                m.d.comb += [self.busy.eq(1), seq.logit_addr.eq(k - 1)]
+                with m.If(self.result.ready):
+                    m.d.sync += out_valid.eq(0)
+                    with m.If(out_payload.last):
+                        m.d.sync += self.done.eq(1)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "FETCH"
+            with m.State("FETCH"):
+                # the logits memory answers one cycle after its address
+                m.d.comb += [self.busy.eq(1), seq.logit_addr.eq(k - 1)]
+                m.d.sync += [out_valid.eq(1), out_payload.data.eq(seq.logit_data),
+                             out_payload.last.eq(k == plan.net.num_classes), k.eq(k + 1)]
+                m.next = "SEND"
+        return m

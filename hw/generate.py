@@ -1,0 +1,97 @@
+"""Verilog generation: ``generate(net, rows, cols, simd, out_dir)`` writes the accelerator.
+
+Writes ``binforge_top.v`` (module ``binforge_top``), ``hw.json`` (parameters, memory
+sizes, analytic cycles, port list) and returns the same description as a dict.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from amaranth.back import verilog
+from binforge.compiler.ir import Network
+
+from .accelerator import CYCLES_WIDTH, Accelerator
+from .plan import DEFAULT_RELAY, OUT_DATA_WIDTH, analytic_cycles, plan_network
+from .top import BinforgeTop
+
+__all__ = ["generate", "describe", "PORTS", "TOP_NAME", "VERILOG_FILE", "HW_JSON"]
+
+TOP_NAME = "binforge_top"
+VERILOG_FILE = "binforge_top.v"
+HW_JSON = "hw.json"
+
+
+#: The port list of ``binforge_top`` (clk and rst are the sync domain's clock and reset).
+PORTS = [
+    {"name": "clk", "dir": "in", "width": 1, "what": "clock, rising edge"},
+    {"name": "rst", "dir": "in", "width": 1, "what": "synchronous reset, active high"},
+    {"name": "start", "dir": "in", "width": 1, "what": "pulse while idle: take an image and run"},
+    {"name": "busy", "dir": "out", "width": 1, "what": "from the cycle after start until the last result transfer"},
+    {"name": "done", "dir": "out", "width": 1, "what": "a run has finished (until the next start)"},
+    {"name": "cycles", "dir": "out", "width": CYCLES_WIDTH,
+     "what": "cycles of the last run, first layer to logits (equals hw.json cycles.total)"},
+    {"name": "in_valid", "dir": "in", "width": 1, "what": "pixel stream: a byte is offered"},
+    {"name": "in_ready", "dir": "out", "width": 1, "what": "pixel stream: the byte is taken this cycle if valid"},
+    {"name": "in_data", "dir": "in", "width": 8, "what": "pixel stream: uint8 pixel, (C, H, W) order"},
+    {"name": "out_valid", "dir": "out", "width": 1, "what": "result stream: a word is offered"},
+    {"name": "out_ready", "dir": "in", "width": 1, "what": "result stream: the word is taken this cycle if valid"},
+    {"name": "out_data", "dir": "out", "width": OUT_DATA_WIDTH,
+     "what": "result stream: class index, then each logit (two's complement)"},
+    {"name": "out_last", "dir": "out", "width": 1, "what": "result stream: the final logit"},
+]
+
+
+def describe(plan, cycles: dict) -> dict:
+    """hw.json's content for a plan."""
+    net = plan.net
+    return {
+        "format": "binforge-hw",
+        "version": 1,
+        "top": TOP_NAME,
+        "verilog": VERILOG_FILE,
+        "network": net.name,
+        "input_shape": list(net.input_shape.as_tuple()),
+        "num_classes": net.num_classes,
+        "rows": plan.rows,
+        "cols": plan.cols,
+        "simd": plan.simd,
+        "relay": plan.relay,
+        "lanes": plan.rows * plan.cols * plan.simd,
+        "pe_width": plan.pe_width,
+        "gain_format": plan.gain_format.kind,
+        "array_latency": plan.array_latency,
+        "memory_bits": plan.memory_bits(),
+        "memory_bits_total": sum(plan.memory_bits().values()),
+        "cycles": cycles,
+        "ports": PORTS,
+        "protocol": {
+            "input": "after a start pulse, num pixels = C*H*W bytes on in_*, (C, H, W) order",
+            "output": "1 + num_classes words on out_*: class index, then logits; out_last on the final one",
+            "load_cycles_per_pixel": 8,
+        },
+    }
+
+
+def generate(net: Network, rows: int, cols: int, simd: int, out_dir, *, relay: int = DEFAULT_RELAY,
+             max_bram_bits: int | None = None) -> dict:
+    """Write ``binforge_top.v`` and ``hw.json`` for ``net`` on an R x C x S array into ``out_dir``.
+
+    Raises ValueError when the network cannot be mapped (bad parameters, widths, or
+    memories beyond ``max_bram_bits``). Returns hw.json's content.
+    """
+    plan = plan_network(net, rows, cols, simd, relay)
+    bits = sum(plan.memory_bits().values())
+    if max_bram_bits is not None and bits > max_bram_bits:
+        detail = ", ".join(f"{k} {v}" for k, v in plan.memory_bits().items())
+        raise ValueError(f"the network needs {bits} bits of on-chip memory ({detail}), more than "
+                         f"the {max_bram_bits} allowed")
+    top = BinforgeTop(Accelerator(net, rows, cols, simd, relay=relay))
+    text = verilog.convert(top, name=TOP_NAME, emit_src=False)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / VERILOG_FILE).write_text(text)
+    desc = describe(plan, analytic_cycles(plan))
+    (out / HW_JSON).write_text(json.dumps(desc, indent=2) + "\n")
+    return desc

@@ -1,0 +1,256 @@
+"""The output stage: turns each group's PE results into the next layer's bits or logits.
+
+After every group of R channels x C positions the array's results are drained, one
+column (position) per cycle: per channel a threshold compare with flip gives one bit per
+activation plane, written into the next activation buffer; or, for the affine last
+layer, ``acc = offset - 2 * P`` is written into the logits memory while a running argmax
+keeps the first index of the maximum.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from .plan import OUT_DATA_WIDTH
+
+__all__ = ["OutputStage"]
+
+
+def _addr_width(depth: int) -> int:
+    return max(1, (depth - 1).bit_length())
+
+
+class OutputStage(wiring.Component):
+    """Drains group results: thresholds with flip to bits, or affine logits with argmax.
+
+    Parameters
+    ----------
+    plan : NetworkPlan
+        Gives R, C, S, widths and the constants ROM (``plan.const_rom``).
+    descriptor : StructLayout
+        The layer descriptor layout (:class:`~binforge.hw.descriptor.DescriptorFormat`).
+
+    Members
+    -------
+    desc : In(descriptor)
+        The current layer's descriptor (held for the whole layer).
+    layer_start : In(1)
+        Pulse: a new layer begins; group counters and the argmax restart.
+    results : In(rows * cols * pe_width)
+        The array's results, stable for the drain of a group.
+    group_done : In(1)
+        Pulse: the array's results of the next group are ready.
+    act_addr, act_data, act_en : Out
+        Activation write (address, S data bits, S lane enables); ``act_we`` says it is valid.
+    act_we : Out(1)
+    logit_addr, logit_data, logit_we : Out
+        Logits memory write.
+    class_index : Out
+        First index of the maximum logit of the last layer drained.
+    drained : Out(1)
+        High in the cycle the layer's last write is issued and nothing is left to drain.
+
+    Latency: a group takes ``drain cycles`` (``plan`` records them) from ``group_done``; its
+    last write leaves 2 cycles after its last read.
+    """
+
+    def __init__(self, plan, descriptor, act_addr_width: int):
+        self._plan = plan
+        self._desc_layout = descriptor
+        r, c = plan.rows, plan.cols
+        self._logit_aw = _addr_width(plan.logits_depth)
+        super().__init__({
+            "desc": In(descriptor),
+            "layer_start": In(1),
+            "results": In(r * c * plan.pe_width),
+            "group_done": In(1),
+            "act_addr": Out(act_addr_width),
+            "act_data": Out(plan.simd),
+            "act_en": Out(plan.simd),
+            "act_we": Out(1),
+            "logit_addr": Out(self._logit_aw),
+            "logit_data": Out(OUT_DATA_WIDTH),
+            "logit_we": Out(1),
+            "class_index": Out(self._logit_aw),
+            "drained": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        plan = self._plan
+        rows, cols, s = plan.rows, plan.cols, plan.simd
+        log_s = s.bit_length() - 1
+        pw, cvw = plan.pe_width, plan.const_value_width
+        desc = self.desc
+
+        const_depth = max(1, len(plan.const_rom))
+        m.submodules.consts = consts = memory.Memory(
+            shape=unsigned(plan.const_width), depth=const_depth,
+            init=[int(v) for v in plan.const_rom] or [0])
+        const_rd = consts.read_port()
+
+        # ---- D0: loop counters --------------------------------------------------------
+        busy = Signal()
+        col = Signal(range(max(cols, 2)))
+        row = Signal(range(max(rows, 2)))
+        most_words = max((p.drain_words for p in plan.layers if p.kind == "compute"), default=1)
+        most_groups = max((max(p.channel_groups, p.position_groups) for p in plan.layers
+                           if p.kind == "compute"), default=1)
+        word = Signal(range(most_words + 1))  # word within the group's drain loop
+        plane = Signal(8)
+        pg = Signal(range(most_groups + 1))
+        cg = Signal(range(most_groups + 1))
+        cg_r = Signal(range((most_groups + 1) * rows))  # cg * rows
+        pg_last = Signal()
+        cg_last = Signal()
+        const_group = Signal(range(const_depth + 1))
+        last_cols = Signal(range(max(cols, 2)))
+        m.d.comb += last_cols.eq(Mux(pg_last, desc.last_colsl, cols - 1))
+        # write address pieces
+        aw = len(self.act_addr) + 2
+        plane_acc = Signal(aw)
+        pos_base = Signal(aw)
+        col_acc = Signal(aw)
+        word_abs = Signal(aw)  # absolute word index within a position
+        offset = Signal(signed(log_s + 2 + max(rows, s).bit_length()))  # cg*R - word*S
+        # affine index pieces
+        idx_cg = Signal(32)
+        idx_row = Signal(32)
+        pos_aff = Signal(32)
+
+        m.d.comb += [pg_last.eq(pg == desc.pgl), cg_last.eq(cg == desc.cgl)]
+
+        col_done = Signal()
+        m.d.comb += col_done.eq(col == last_cols)
+        finishing = Signal()  # the group's last read is issued this cycle
+        with m.If(desc.affine):
+            m.d.comb += finishing.eq(busy & col_done & (row == rows - 1))
+        with m.Else():
+            m.d.comb += finishing.eq(busy & col_done & (word == desc.drain_wordsl) & (plane == desc.planesl))
+
+        with m.If(self.layer_start):
+            m.d.sync += [busy.eq(0), pg.eq(0), cg.eq(0), cg_r.eq(0), pos_base.eq(0), idx_cg.eq(0),
+                         pos_aff.eq(0), const_group.eq(desc.const_base)]
+        with m.Elif(self.group_done):
+            m.d.sync += [busy.eq(1), col.eq(0), row.eq(0), word.eq(0), plane.eq(0),
+                         plane_acc.eq(0), col_acc.eq(0), word_abs.eq(cg_r >> log_s),
+                         offset.eq(cg_r & (s - 1)), idx_row.eq(idx_cg)]
+        with m.Elif(busy):
+            with m.If(desc.affine):
+                # column outer, row inner
+                with m.If(row == rows - 1):
+                    m.d.sync += [row.eq(0), col.eq(col + 1), idx_row.eq(idx_cg)]
+                with m.Else():
+                    m.d.sync += [row.eq(row + 1), idx_row.eq(idx_row + desc.hw_out)]
+            with m.Else():
+                # plane outer, word, column inner
+                with m.If(col_done):
+                    m.d.sync += [col.eq(0), col_acc.eq(0)]
+                    with m.If(word == desc.drain_wordsl):
+                        m.d.sync += [word.eq(0), word_abs.eq(cg_r >> log_s), offset.eq(cg_r & (s - 1)),
+                                     plane.eq(plane + 1), plane_acc.eq(plane_acc + desc.out_plane_step)]
+                    with m.Else():
+                        m.d.sync += [word.eq(word + 1), word_abs.eq(word_abs + 1), offset.eq(offset - s)]
+                with m.Else():
+                    m.d.sync += [col.eq(col + 1), col_acc.eq(col_acc + desc.cw_out)]
+            with m.If(finishing):
+                m.d.sync += busy.eq(0)
+                with m.If(cg_last):
+                    m.d.sync += [cg.eq(0), cg_r.eq(0), pg.eq(pg + 1), pos_base.eq(pos_base + desc.out_pg_step),
+                                 pos_aff.eq(pos_aff + cols), idx_cg.eq(0), const_group.eq(desc.const_base)]
+                with m.Else():
+                    m.d.sync += [cg.eq(cg + 1), cg_r.eq(cg_r + rows), idx_cg.eq(idx_cg + desc.hw_out * rows),
+                                 const_group.eq(const_group + desc.const_group_step)]
+
+        m.d.comb += const_rd.addr.eq(const_group + Mux(desc.affine, 0, plane))
+
+        # ---- D1: registered column results + constants ----------------------------------
+        d1_valid = Signal()
+        d1_affine = Signal()
+        d1_results = Signal(rows * pw)
+        d1_one = Signal(signed(pw))
+        d1_row = Signal(range(max(rows, 2)))
+        d1_addr = Signal(aw)
+        d1_word_ok = Signal()
+        d1_offset = Signal.like(offset)
+        d1_cg_last = Signal()
+        d1_idx = Signal(32)
+        d1_last = Signal()
+        m.d.sync += [d1_valid.eq(busy & ~self.layer_start), d1_affine.eq(desc.affine), d1_row.eq(row),
+                     d1_addr.eq(plane_acc + pos_base + col_acc + word_abs),
+                     d1_word_ok.eq(word_abs <= desc.last_word), d1_offset.eq(offset), d1_cg_last.eq(cg_last),
+                     d1_idx.eq(idx_row + pos_aff + col), d1_last.eq(finishing & cg_last & pg_last)]
+        with m.Switch(col):
+            for c in range(cols):
+                with m.Case(c):
+                    m.d.sync += d1_results.eq(Cat(
+                        self.results[(r * cols + c) * pw:(r * cols + c + 1) * pw] for r in range(rows)))
+        with m.Switch(Cat(row, col)):
+            for c in range(cols):
+                for r in range(rows):
+                    with m.Case(r | (c << len(row))):
+                        m.d.sync += d1_one.eq(self.results[(r * cols + c) * pw:(r * cols + c + 1) * pw])
+
+        const_layout = data.StructLayout({"value": signed(cvw), "flip": 1, "valid": 1})
+        entries = [data.View(const_layout, const_rd.data[r * (cvw + 2):(r + 1) * (cvw + 2)])
+                   for r in range(rows)]
+
+        # Threshold bits for the column, placed at lanes ``offset + r``.
+        bits = Signal(rows)
+        for r in range(rows):
+            p = d1_results[r * pw:(r + 1) * pw].as_signed()
+            e = entries[r]
+            m.d.comb += bits[r].eq(((p <= e.value) ^ e.flip) & e.valid)
+        lane_data = Signal(s)
+        lane_en = Signal(s)
+        for lane in range(s):
+            k = Signal(signed(len(d1_offset) + 1), name=f"lane{lane}_row")
+            m.d.comb += k.eq(lane - d1_offset)
+            in_group = (k >= 0) & (k < rows)
+            m.d.comb += lane_en[lane].eq((k >= 0) & (in_group | d1_cg_last))
+            sel = Signal(name=f"lane{lane}_bit")
+            with m.Switch(k):
+                for r in range(rows):
+                    with m.Case(r):
+                        m.d.comb += sel.eq(bits[r])
+            m.d.comb += lane_data[lane].eq(sel & in_group)
+
+        # Affine: the logit of (row, column).
+        row_entry = Signal(const_layout)
+        with m.Switch(d1_row):
+            for r in range(rows):
+                with m.Case(r):
+                    m.d.comb += row_entry.eq(entries[r])
+        logit = Signal(signed(OUT_DATA_WIDTH))
+        m.d.comb += logit.eq(row_entry.value - (d1_one << 1))
+
+        # ---- D2: registered writes --------------------------------------------------------
+        m.d.sync += [
+            self.act_we.eq(d1_valid & ~d1_affine & d1_word_ok & ~self.layer_start),
+            self.act_addr.eq(d1_addr),
+            self.act_data.eq(lane_data),
+            self.act_en.eq(lane_en),
+            self.logit_we.eq(d1_valid & d1_affine & row_entry.valid & ~self.layer_start),
+            self.logit_addr.eq(d1_idx),
+            self.logit_data.eq(logit),
+        ]
+        # Argmax over the logits as they are written: the first index of the maximum.
+        best = Signal(signed(OUT_DATA_WIDTH))
+        best_idx = Signal(self._logit_aw)
+        seen = Signal()
+        with m.If(self.layer_start):
+            m.d.sync += seen.eq(0)
+        with m.Elif(self.logit_we):
+            better = (self.logit_data.as_signed() > best) | (
+                (self.logit_data.as_signed() == best) & (self.logit_addr < best_idx))
+            with m.If(~seen | better):
+                m.d.sync += [best.eq(self.logit_data.as_signed()), best_idx.eq(self.logit_addr), seen.eq(1)]
+        m.d.comb += self.class_index.eq(best_idx)
+
+        # The layer is drained once its last group's last write has been issued.
+        d2_last = Signal()
+        m.d.sync += d2_last.eq(d1_last & ~self.layer_start)
+        m.d.comb += self.drained.eq(d2_last)
+        return m

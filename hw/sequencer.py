@@ -1,0 +1,225 @@
+"""The layer sequencer: runs a network's layers one after another on the one array.
+
+It owns the on-chip memories, all initialised from the IR at generation time: the
+weight ROM, the op table (in the window generator), the threshold/offset ROM (in the
+output stage), and the two activation buffers (ping-pong: layer ``i`` reads buffer
+``i % 2`` and writes the other), each replicated once per array column so that every
+column reads its own word each cycle. It loads each layer's descriptor, then lets the
+window generator issue beats into the array while the output stage drains finished
+groups, or lets the pool engine run a max-pool layer.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Signal, unsigned
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from .array import XnorPopcountArray
+from .descriptor import DescriptorFormat
+from .maxpool import BitMaxPool
+from .output_stage import OutputStage
+from .plan import OUT_DATA_WIDTH, NetworkPlan
+from .window import WindowGenerator
+
+__all__ = ["LayerSequencer"]
+
+
+def _addr_width(depth: int) -> int:
+    return max(1, (depth - 1).bit_length())
+
+
+class LayerSequencer(wiring.Component):
+    """All layers of one network on an R x C x S array.
+
+    Parameters
+    ----------
+    plan : NetworkPlan
+        The network mapped on the array (:func:`~binforge.hw.plan.plan_network`).
+
+    Members
+    -------
+    start : In(1)
+        Pulse: run the network on the image in buffer 0.
+    busy : Out(1)
+        High from the cycle after ``start`` up to and including the ``done`` cycle.
+    done : Out(1)
+        Pulse: the logits and ``class_index`` are ready.
+    load_addr, load_data, load_en, load_we : In
+        Image write into buffer 0 while idle (word address, S bits, S lane enables).
+    logit_addr : In(logit address width)
+        Logits memory read address; ``logit_data`` follows one cycle later.
+    logit_data : Out(32)
+    class_index : Out
+        First index of the maximum logit.
+
+    Latency: ``busy`` lasts :func:`~binforge.hw.plan.analytic_cycles` ``["total"]`` cycles.
+    """
+
+    def __init__(self, plan: NetworkPlan):
+        if not isinstance(plan, NetworkPlan):
+            raise TypeError(f"plan must be a NetworkPlan, not {plan!r}")
+        self._plan = plan
+        self._format = DescriptorFormat(plan)
+        self._act_aw = _addr_width(max(plan.buffer_depths))
+        self._logit_aw = _addr_width(plan.logits_depth)
+        super().__init__({
+            "start": In(1),
+            "busy": Out(1),
+            "done": Out(1),
+            "load_addr": In(self._act_aw),
+            "load_data": In(plan.simd),
+            "load_en": In(plan.simd),
+            "load_we": In(1),
+            "logit_addr": In(self._logit_aw),
+            "logit_data": Out(OUT_DATA_WIDTH),
+            "class_index": Out(self._logit_aw),
+        })
+
+    @property
+    def plan(self) -> NetworkPlan:
+        return self._plan
+
+    @property
+    def act_addr_width(self) -> int:
+        return self._act_aw
+
+    def elaborate(self, platform):
+        m = Module()
+        plan, fmt = self._plan, self._format
+        rows, cols, s = plan.rows, plan.cols, plan.simd
+        layout = fmt.layout
+        n_layers = len(plan.layers)
+
+        desc = Signal(layout)
+        next_desc = Signal(layout)
+        layer = Signal(range(n_layers + 1))
+        next_layer = Signal(range(n_layers + 1))
+        with m.Switch(next_layer):
+            for i in range(n_layers):
+                with m.Case(i):
+                    m.d.comb += next_desc.eq(fmt.const(i))
+
+        weight_depth = max(1, len(plan.weight_rom))
+        m.submodules.weights = weights = memory.Memory(
+            shape=unsigned(rows * s), depth=weight_depth, init=[int(w) for w in plan.weight_rom])
+        weight_rd = weights.read_port()
+
+        m.submodules.window = window = WindowGenerator(plan, layout, self._act_aw, _addr_width(weight_depth))
+        m.submodules.array = array = XnorPopcountArray(rows, cols, s, plan.pe_width, plan.gain_format,
+                                                       relay=plan.relay)
+        m.submodules.output = output = OutputStage(plan, layout, self._act_aw)
+        m.submodules.pool = pool = BitMaxPool(layout, s, self._act_aw)
+        m.d.comb += [window.desc.eq(desc), window.init.eq(next_desc), output.desc.eq(desc),
+                     pool.desc.eq(desc)]
+
+        m.submodules.logits = logits = memory.Memory(shape=unsigned(OUT_DATA_WIDTH), depth=plan.logits_depth,
+                                                     init=[])
+        logit_wr = logits.write_port()
+        logit_rd = logits.read_port()
+        m.d.comb += [logit_wr.addr.eq(output.logit_addr), logit_wr.data.eq(output.logit_data),
+                     logit_wr.en.eq(output.logit_we), logit_rd.addr.eq(self.logit_addr),
+                     self.logit_data.eq(logit_rd.data), self.class_index.eq(output.class_index)]
+
+        # ---- FSM ------------------------------------------------------------------------
+        load = Signal()
+        m.d.comb += next_layer.eq(layer)
+        with m.FSM(name="sequencer"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += layer.eq(0)
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.comb += [load.eq(1), self.busy.eq(1)]
+                m.d.sync += desc.eq(next_desc)
+                with m.If(next_desc.pool):
+                    m.next = "POOL"
+                with m.Else():
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(output.drained):
+                    with m.If(desc.last_layer):
+                        m.next = "FINISH"
+                    with m.Else():
+                        m.d.sync += layer.eq(layer + 1)
+                        m.next = "LOAD"
+            with m.State("POOL"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(pool.drained):
+                    m.d.sync += layer.eq(layer + 1)
+                    m.next = "LOAD"
+            with m.State("FINISH"):
+                m.d.comb += [self.busy.eq(1), self.done.eq(1)]
+                m.next = "IDLE"
+
+        is_pool = Signal()
+        m.d.comb += [is_pool.eq(next_desc.pool), window.start.eq(load & ~is_pool),
+                     pool.start.eq(load & is_pool)]
+        output_start = Signal()
+        m.d.sync += output_start.eq(load & ~is_pool)
+        m.d.comb += output.layer_start.eq(output_start)
+
+        # ---- Stage B: memory reads, pad select -> array ----------------------------------
+        aw = self._act_aw
+        read_data = [[None] * cols for _ in range(2)]
+        write_ports = [[None] * cols for _ in range(2)]
+        for b in range(2):
+            for c in range(cols):
+                mem = memory.Memory(shape=unsigned(s), depth=plan.buffer_depths[b], init=[])
+                m.submodules[f"buffer{b}_col{c}"] = mem
+                rd = mem.read_port()
+                wr = mem.write_port(granularity=1)
+                addr = window.addr[c * aw:(c + 1) * aw]
+                if c == 0:
+                    addr = Signal(aw, name=f"buffer{b}_read_addr")
+                    with m.If(desc.pool):
+                        m.d.comb += addr.eq(pool.rd_addr)
+                    with m.Else():
+                        m.d.comb += addr.eq(window.addr[:aw])
+                m.d.comb += rd.addr.eq(addr)
+                read_data[b][c] = rd.data
+                write_ports[b][c] = wr
+        m.d.comb += weight_rd.addr.eq(window.weight_addr)
+
+        src_r = Signal()
+        pad_r = Signal(cols)
+        pad_word_r = Signal(s)
+        first_r, last_r, beat_r = Signal(), Signal(), Signal()
+        gain_r = Signal(len(window.gain))
+        m.d.sync += [src_r.eq(desc.src), pad_r.eq(window.pad), pad_word_r.eq(window.pad_word),
+                     first_r.eq(window.first), last_r.eq(window.last), beat_r.eq(window.beat),
+                     gain_r.eq(window.gain)]
+        acts = []
+        for c in range(cols):
+            word = Signal(s, name=f"act{c}")
+            m.d.comb += word.eq(read_data[0][c])
+            with m.If(src_r):
+                m.d.comb += word.eq(read_data[1][c])
+            with m.If(pad_r[c]):
+                m.d.comb += word.eq(pad_word_r)
+            acts.append(word)
+        m.d.comb += [array.act.eq(Cat(acts)), array.weight.eq(weight_rd.data),
+                     array.first.eq(first_r & beat_r), array.last.eq(last_r & beat_r),
+                     array.gain.eq(gain_r),
+                     output.results.eq(array.results), output.group_done.eq(array.done)]
+        m.d.comb += pool.rd_data.eq(read_data[0][0])
+        with m.If(desc.src):
+            m.d.comb += pool.rd_data.eq(read_data[1][0])
+
+        # ---- Writes: the image loader (idle), the output stage, the pool engine ------------
+        for b in range(2):
+            for c in range(cols):
+                wr = write_ports[b][c]
+                with m.If(~self.busy):
+                    if b == 0:
+                        m.d.comb += [wr.addr.eq(self.load_addr), wr.data.eq(self.load_data),
+                                     wr.en.eq(self.load_en & self.load_we.replicate(s))]
+                with m.Elif(desc.src != b):
+                    with m.If(desc.pool):
+                        m.d.comb += [wr.addr.eq(pool.wr_addr), wr.data.eq(pool.wr_data),
+                                     wr.en.eq(pool.wr_we.replicate(s))]
+                    with m.Else():
+                        m.d.comb += [wr.addr.eq(output.act_addr), wr.data.eq(output.act_data),
+                                     wr.en.eq(output.act_en & output.act_we.replicate(s))]
+        return m

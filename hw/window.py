@@ -1,0 +1,168 @@
+"""The window generator: walks a conv/linear layer's beats and addresses each column's window.
+
+For every beat (op, ky, kx, channel word) of every group (R channels x C positions) it
+gives each column the address of its activation word and whether that tap falls in
+the padding (the column then reads the pad word instead). Column positions advance by
+C output positions per position group with add/compare steps only: no multipliers.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["WindowGenerator"]
+
+
+class WindowGenerator(wiring.Component):
+    """Beat issuer and per-column window address generator of one compute layer.
+
+    Parameters
+    ----------
+    plan : NetworkPlan
+        Gives C, S, the op table (plane offsets and gains) and widths.
+    descriptor : StructLayout
+        The layer descriptor layout.
+    addr_width : int
+        Activation memory address width.
+    weight_addr_width : int
+        Weight ROM address width.
+
+    Members
+    -------
+    desc : In(descriptor)
+        The layer's descriptor, valid from the cycle after ``start``.
+    init : In(descriptor)
+        The same descriptor while it is being loaded: valid in the ``start`` cycle.
+    start : In(1)
+        Pulse: a layer begins (counters restart).
+    beat : Out(1)
+        A beat is issued this cycle (stage A).
+    addr : Out(cols * addr_width)
+        Column ``c``'s activation word address.
+    pad : Out(cols)
+        Column ``c``'s tap is in the padding.
+    pad_word : Out(simd)
+        The word padding taps read (``pad_bit`` in the lanes of real channels).
+    weight_addr : Out(weight_addr_width)
+    first, last : Out(1)
+        The beat starts / ends a group's sum.
+    gain : Out(gain shape)
+        The beat's op gain (encoded).
+    finished : Out(1)
+        High from the cycle after the layer's last beat until the next ``start``.
+
+    Latency: the first beat is issued the cycle after ``start``; then one beat per cycle,
+    except that a group's first beat waits while the previous group's guard count
+    (descriptor ``guard_full``/``guard_last``) runs down.
+    """
+
+    def __init__(self, plan, descriptor, addr_width: int, weight_addr_width: int):
+        self._plan = plan
+        cols = plan.cols
+        super().__init__({
+            "desc": In(descriptor),
+            "init": In(descriptor),
+            "start": In(1),
+            "beat": Out(1),
+            "addr": Out(cols * addr_width),
+            "pad": Out(cols),
+            "pad_word": Out(plan.simd),
+            "weight_addr": Out(weight_addr_width),
+            "first": Out(1),
+            "last": Out(1),
+            "gain": Out(plan.gain_format.shape),
+            "finished": Out(1),
+        })
+        self._addr_width = addr_width
+
+    def elaborate(self, platform):
+        m = Module()
+        plan, d = self._plan, self.desc
+        cols = plan.cols
+        fmt = plan.gain_format
+
+        # Op table: per op, the act plane's word offset and the gain, read combinationally.
+        ops = [(off, fmt.encode(g)) for p in plan.layers if p.kind == "compute"
+               for off, g in zip(p.plane_offsets, p.gains, strict=True)]
+        gw = len(self.gain)
+        ow = max(1, max(off for off, _ in ops).bit_length())
+        m.submodules.op_table = op_table = memory.Memory(
+            shape=ow + gw, depth=len(ops), init=[off | (code << ow) for off, code in ops])
+        op_rd = op_table.read_port(domain="comb")
+
+        aw = self._addr_width + 3  # signed working width for window addresses
+        op = Signal(16)
+        ky, kx, j = Signal(16), Signal(16), Signal(16)
+        cg, pg = Signal(24), Signal(24)
+        row_off = Signal(aw)
+        tap_off = Signal(aw)
+        waddr = Signal(len(self.weight_addr) + 1)
+        guard = Signal(16)
+        running = Signal()
+        m.d.comb += op_rd.addr.eq(d.op_base + op)
+
+        yi0 = [Signal(signed(aw), name=f"yi0_{c}") for c in range(cols)]
+        xi0 = [Signal(signed(aw), name=f"xi0_{c}") for c in range(cols)]
+        base = [Signal(signed(aw), name=f"base_{c}") for c in range(cols)]
+
+        first = (op == 0) & (ky == 0) & (kx == 0) & (j == 0)
+        run_end = (kx == d.kwl) & (j == d.cwl)
+        last = (op == d.opl) & (ky == d.khl) & run_end
+        stall = first & (guard != 0)
+        issue = running & ~stall
+        m.d.comb += [self.beat.eq(issue), self.first.eq(first), self.last.eq(last),
+                     self.finished.eq(~running),
+                     self.gain.eq(op_rd.data[ow:]), self.weight_addr.eq(waddr),
+                     self.pad_word.eq(Mux(j == d.cwl, d.pad_last, d.pad_full))]
+        plane_off = op_rd.data[:ow]
+        for c in range(cols):
+            y = yi0[c] + ky
+            x = xi0[c] + kx
+            m.d.comb += [
+                self.addr[c * self._addr_width:(c + 1) * self._addr_width].eq(plane_off + base[c] + tap_off),
+                self.pad[c].eq((y < 0) | (y >= d.in_h) | (x < 0) | (x >= d.in_w)),
+            ]
+
+        with m.If(guard != 0):
+            m.d.sync += guard.eq(guard - 1)
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), op.eq(0), ky.eq(0), kx.eq(0), j.eq(0), cg.eq(0), pg.eq(0),
+                         row_off.eq(0), tap_off.eq(0), guard.eq(0)]
+            m.d.sync += waddr.eq(self.init.weight_base)
+            for c in range(cols):
+                m.d.sync += [yi0[c].eq(self.init.yi0[c]), xi0[c].eq(self.init.xi0[c]),
+                             base[c].eq(self.init.base[c])]
+        with m.Elif(issue):
+            m.d.sync += waddr.eq(waddr + 1)
+            with m.If(~run_end):
+                m.d.sync += tap_off.eq(tap_off + 1)
+                with m.If(j == d.cwl):
+                    m.d.sync += [j.eq(0), kx.eq(kx + 1)]
+                with m.Else():
+                    m.d.sync += j.eq(j + 1)
+            with m.Elif(ky != d.khl):
+                m.d.sync += [j.eq(0), kx.eq(0), ky.eq(ky + 1), row_off.eq(row_off + d.tap_row_step),
+                             tap_off.eq(row_off + d.tap_row_step)]
+            with m.Else():
+                m.d.sync += [j.eq(0), kx.eq(0), ky.eq(0), row_off.eq(0), tap_off.eq(0)]
+                with m.If(op != d.opl):
+                    m.d.sync += op.eq(op + 1)
+                with m.Else():
+                    # The group's last beat.
+                    m.d.sync += [op.eq(0), guard.eq(Mux(pg == d.pgl, d.guard_last, d.guard_full))]
+                    with m.If(cg != d.cgl):
+                        m.d.sync += cg.eq(cg + 1)
+                    with m.Else():
+                        m.d.sync += [cg.eq(0), pg.eq(pg + 1), waddr.eq(d.weight_base)]
+                        for c in range(cols):
+                            wrap = xi0[c] + d.adv_dx >= d.adv_wrap_x
+                            m.d.sync += [
+                                xi0[c].eq(Mux(wrap, xi0[c] + d.adv_dx - d.adv_wout, xi0[c] + d.adv_dx)),
+                                yi0[c].eq(Mux(wrap, yi0[c] + d.adv_dy1, yi0[c] + d.adv_dy)),
+                                base[c].eq(Mux(wrap, base[c] + d.adv_base_wrap, base[c] + d.adv_base)),
+                            ]
+                        with m.If(pg == d.pgl):
+                            m.d.sync += running.eq(0)
+        return m

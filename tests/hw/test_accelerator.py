@@ -1,0 +1,52 @@
+"""The whole accelerator in Amaranth's simulator against the golden model: class,
+every logit and the cycle count (equal to the analytic model)."""
+
+import numpy as np
+import pytest
+from accel_harness import run_accelerator
+from binforge.hw.accelerator import Accelerator
+from binforge.hw.plan import analytic_cycles
+from binforge.sim.golden import run_network
+from networks import conv_logits_network, linear_stack_network, small_network
+
+
+def images_for(net, count, seed):
+    shape = net.input_shape.as_tuple()
+    images = np.random.default_rng(seed).integers(0, 256, (count, *shape)).astype(np.uint8)
+    images[0, ..., 0] = 0  # edge pixels: all planes 0 and all planes 1
+    images[0, ..., -1] = 255
+    return images
+
+
+def check(net, rows, cols, simd, count=1, stall_seed=None):
+    images = images_for(net, count, rows * 7 + cols)
+    golden = run_network(net, images)
+    acc = Accelerator(net, rows, cols, simd)
+    classes, logits, cycles = run_accelerator(acc, images, stall_seed=stall_seed)
+    np.testing.assert_array_equal(logits, golden.logits)
+    np.testing.assert_array_equal(classes, golden.predictions)
+    assert cycles == [analytic_cycles(net, rows, cols, simd)["total"]] * count
+
+
+@pytest.mark.parametrize("seed,rows,cols,simd,stall", [
+    (3, 1, 1, 1, None),
+    (4, 4, 2, 8, 4),
+    (5, 3, 5, 2, 5),
+    (6, 5, 1, 16, None),
+])
+def test_random_network_matches_golden(seed, rows, cols, simd, stall):
+    check(small_network(seed), rows, cols, simd, stall_seed=stall)
+
+
+def test_two_images_back_to_back_with_back_pressure():
+    check(small_network(8, shape=(1, 4, 4), channels=(2, 3), act_planes=(1, 2)), 2, 2, 4, count=2,
+          stall_seed=8)
+
+
+@pytest.mark.parametrize("rows,cols,simd", [(2, 3, 4), (8, 2, 1)])
+def test_conv_logits_network_matches_golden(rows, cols, simd):
+    check(conv_logits_network(11), rows, cols, simd, stall_seed=1)
+
+
+def test_linear_only_network_matches_golden():
+    check(linear_stack_network(12), 3, 2, 8, stall_seed=2)

@@ -1,0 +1,61 @@
+"""Verilog generation, hw.json, the ``binforge hw`` command and its refusals."""
+
+import json
+
+import pytest
+from binforge.compiler import ir
+from binforge.hw.generate import PORTS, TOP_NAME, generate
+from binforge.hw.plan import analytic_cycles
+from networks import small_network
+
+from binforge.cli import main
+
+
+@pytest.fixture(scope="module")
+def net():
+    return small_network(3)
+
+
+def test_generate_writes_verilog_and_description(net, tmp_path):
+    desc = generate(net, 2, 3, 4, tmp_path)
+    text = (tmp_path / "binforge_top.v").read_text()
+    assert f"module {TOP_NAME}(" in text
+    for port in PORTS:
+        width = f"[{port['width'] - 1}:0] " if port["width"] > 1 else ""
+        assert f"{'input' if port['dir'] == 'in' else 'output'} {width}{port['name']};" in text
+    on_disk = json.loads((tmp_path / "hw.json").read_text())
+    assert on_disk == desc
+    assert desc["cycles"] == analytic_cycles(net, 2, 3, 4)
+    assert desc["cycles"]["total"] == sum(layer["cycles"] for layer in desc["cycles"]["layers"]) + 1
+    assert desc["memory_bits"]["weights"] > 0 and desc["lanes"] == 24
+
+
+def test_hw_command(net, tmp_path, capsys):
+    ir.save(net, tmp_path / "net")
+    assert main(["hw", str(tmp_path / "net"), "--rows", "2", "--cols", "2", "--simd", "8",
+                 "--out", str(tmp_path / "hw")]) == 0
+    report = json.loads((tmp_path / "hw" / "report.json").read_text())
+    assert report["command"] == "hw"
+    assert report["cycles"] == analytic_cycles(net, 2, 2, 8)["total"]
+    assert (tmp_path / "hw" / "binforge_top.v").is_file()
+    assert "cycles" in capsys.readouterr().out
+
+
+def test_hw_command_refuses_what_does_not_fit(net, tmp_path, capsys):
+    ir.save(net, tmp_path / "net")
+    code = main(["hw", str(tmp_path / "net"), "--rows", "2", "--cols", "2", "--simd", "8",
+                 "--max-bram", "1", "--out", str(tmp_path / "hw")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "bits of on-chip memory" in err and "more than the 1024 allowed" in err
+    assert not (tmp_path / "hw").exists()
+
+
+@pytest.mark.parametrize("rows,cols,simd,message", [
+    (0, 2, 4, "rows must be a positive integer, not 0"),
+    (2, -3, 4, "cols must be a positive integer, not -3"),
+    (2, 2, 12, "simd must be a positive power of two, not 12"),
+])
+def test_generate_rejects_bad_parameters(net, tmp_path, rows, cols, simd, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        generate(net, rows, cols, simd, tmp_path)
