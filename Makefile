@@ -47,3 +47,9 @@ lint: setup
 
 clean:
 	rm -rf out build .pytest_cache
+
+# PaBT Table 2 / Fig. 2 on Fashion-MNIST (full settings: hours on a CPU; see docs/pabt.md).
+PABT_FASHION_ARGS ?= --width 0.25 --float-epochs 5 --epochs 10
+.PHONY: experiment-pabt-fashion
+experiment-pabt-fashion: setup
+	$(VPY) experiments/pabt_fashion.py --out out/pabt_fashion $(PABT_FASHION_ARGS)

@@ -213,6 +213,11 @@ def plot_pabt_comparison(
             if label not in pruned:
                 continue
             series = _bitwidth_series(metrics["pabt"]["trajectory"], key)
+            last_step = max(h["step"] for h in metrics["history"] if h["phase"] == "binary")
+            for steps, values in series.values():  # hold the final bit-width to the end
+                if steps[-1] < last_step:
+                    steps.append(last_step)
+                    values.append(values[-1])
             # Layers are drawn slightly apart so that equal bit-widths stay visible.
             for layer_index, (steps, values) in enumerate(series.values()):
                 axes[row].step(steps, np.asarray(values) + 0.04 * layer_index - 0.1 * index,

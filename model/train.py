@@ -472,6 +472,9 @@ class PaBTMethod(MBNMethod):
     def summary(self, context: MethodContext) -> dict[str, Any]:
         assert self.pruner is not None
         schedule = self.pruner.schedule
+        trajectory = list(self.trajectory)
+        if trajectory and trajectory[-1]["step"] < context.step:
+            trajectory.append(self._point(context.step))  # the bit-widths the run ends with
         return {"pabt": {
             "criterion": self.criterion,
             "t_start": schedule.t_start,
@@ -480,7 +483,7 @@ class PaBTMethod(MBNMethod):
             "t_prune": schedule.t_prune,
             "pruned": self.pruner.done,
             "kappa": self.pruner.kappa,
-            "trajectory": self.trajectory,
+            "trajectory": trajectory,
         }}  # fmt: skip
 
 
@@ -773,8 +776,11 @@ def _final_metrics(config: RunConfig, model: nn.Module, method: Method, context:
         "method": config.method,
         "arch": config.arch,
         "data": config.data,
+        "width": config.width,
         "M": config.M,
         "N": config.N,
+        "use_bop": config.use_bop,
+        "epochs": config.epochs,
         "seed": config.seed,
         "top1_per_epoch": [h["test_top1"] for h in history],
         "final_top1": history[-1]["test_top1"] if history else None,
