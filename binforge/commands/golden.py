@@ -1,0 +1,138 @@
+"""``binforge golden NET/ --data SPEC``: run the bit-exact golden model over a data set.
+
+Reports the accuracy and, when the trained torch model is at hand (the run the
+network was compiled from, or ``--run``), its accuracy and how often the two
+predict the same class on the same images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from binforge.errors import BinforgeError
+from binforge.outdir import atomic_output_dir, write_report
+
+__all__ = ["add_parser", "run"]
+
+#: Images per golden-model call (and progress step).
+CHUNK = 256
+#: Mismatching image indices kept in report.json.
+MAX_LISTED_MISMATCHES = 100
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "golden",
+        help="run the bit-exact golden model of a compiled network on a data set",
+        description="Run NET/ (written by 'binforge compile') through the golden numpy model, the "
+        "integer reference for the hardware, and report its accuracy; compare with the torch model "
+        "of the run it was compiled from (or --run).",
+    )
+    parser.add_argument("net_dir", metavar="NET", help="a folder written by 'binforge compile'")
+    parser.add_argument("--data", required=True, metavar="SPEC",
+                        help="digits | fashion-mnist[=PATH] | cifar10=PATH | folder=PATH | synthetic[=C,H,W,K]")
+    parser.add_argument("--split", choices=("test", "train"), default="test", help="default: test")
+    parser.add_argument("--limit", type=int, metavar="N", help="only the first N images")
+    parser.add_argument("--run", dest="run_dir", metavar="RUN",
+                        help="the trained run to compare with (default: the run recorded in NET/)")
+    parser.add_argument("--no-torch", action="store_true", help="do not compare with the torch model")
+    parser.add_argument("--out", metavar="DIR", help="write DIR/report.json")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _progress(total: int, what: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="img", file=sys.stderr, leave=False,
+                disable=not sys.stderr.isatty())
+
+
+def _torch_model(args: argparse.Namespace, net) -> tuple[object | None, str | None, str]:
+    """The torch model to compare with, its run folder, and a note on why none."""
+    from binforge.model.checkpoint import load_run
+
+    if args.no_torch:
+        return None, None, "not asked for (--no-torch)"
+    if args.run_dir:
+        model, _ = load_run(args.run_dir)
+        return model, os.path.abspath(args.run_dir), ""
+    source = net.meta.get("source_run")
+    if not source:
+        return None, None, "the network records no source run; give --run RUN"
+    if not (Path(source) / "model.pt").is_file():
+        return None, None, f"the source run {source} is not there any more; give --run RUN"
+    model, _ = load_run(source)
+    return model, source, ""
+
+
+def run(args: argparse.Namespace) -> int:
+    from binforge.compiler import ir
+    from binforge.model.data import load_dataset
+    from binforge.sim.golden import run_network
+
+    try:
+        net = ir.load(args.net_dir)
+    except ir.IRError as exc:
+        raise BinforgeError(f"cannot read the network in {args.net_dir}: {exc}") from None
+    dataset = load_dataset(args.data, args.split, limit=args.limit)
+    if tuple(dataset.shape) != net.input_shape.as_tuple():
+        raise BinforgeError(
+            f"{args.data} images are {'x'.join(map(str, dataset.shape))} but the network takes "
+            f"{'x'.join(map(str, net.input_shape.as_tuple()))}: give the data set it was trained on")
+    if dataset.num_classes != net.num_classes:
+        raise BinforgeError(f"{args.data} has {dataset.num_classes} classes but the network has "
+                            f"{net.num_classes}: give the data set it was trained on")
+    images, labels = dataset.as_arrays()
+    model, run_dir, why_not = _torch_model(args, net)
+
+    start = time.perf_counter()
+    parts = []
+    with _progress(len(images), "golden") as bar:
+        for first in range(0, len(images), CHUNK):
+            parts.append(run_network(net, images[first:first + CHUNK]).logits)
+            bar.update(min(CHUNK, len(images) - first))
+    golden_seconds = time.perf_counter() - start
+    logits = np.concatenate(parts) if parts else np.zeros((0, net.num_classes), np.int64)
+    predictions = logits.argmax(axis=1)
+    accuracy = float(np.mean(predictions == labels)) if len(labels) else 0.0
+    figures: dict = {
+        "network": os.path.abspath(args.net_dir), "data": args.data, "split": args.split,
+        "images": int(len(images)), "accuracy": accuracy, "golden_seconds": round(golden_seconds, 3),
+    }
+    print(f"golden     {args.net_dir} on {args.data} {args.split}: {len(images)} images")
+    print(f"accuracy   {accuracy:.2%} (golden, integer)")
+
+    if model is not None:
+        from binforge.compiler.torch_reference import torch_logits
+
+        with _progress(len(images), "torch") as bar:
+            torch_out = torch_logits(model, images, progress=bar.update)
+        torch_predictions = torch_out.argmax(axis=1)
+        mismatches = np.flatnonzero(torch_predictions != predictions)
+        scale = net.layers[-1].output.scale
+        figures.update(
+            run=run_dir,
+            torch_accuracy=float(np.mean(torch_predictions == labels)) if len(labels) else 0.0,
+            agreement=float(1 - len(mismatches) / len(images)) if len(images) else 1.0,
+            mismatches=int(len(mismatches)),
+            mismatch_indices=mismatches[:MAX_LISTED_MISMATCHES].tolist(),
+            max_logit_difference=float(np.abs(logits * scale - torch_out).max()) if len(images) else 0.0,
+        )
+        figures["accuracy_delta_pp"] = round(100 * (accuracy - figures["torch_accuracy"]), 4)
+        print(f"torch      {figures['torch_accuracy']:.2%} (float model of {run_dir})")
+        print(f"agreement  {figures['agreement']:.2%} ({len(mismatches)} of {len(images)} predictions differ)")
+    else:
+        figures["torch"] = f"no comparison: {why_not}"
+        print(f"torch      no comparison: {why_not}")
+    if args.out:
+        with atomic_output_dir(args.out) as tmp:
+            write_report(tmp, "golden", **figures)
+        print(f"report     {Path(args.out) / 'report.json'}")
+    return 0
