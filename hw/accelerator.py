@@ -6,8 +6,6 @@ gains, thresholds and biases are baked into the memories' initial contents.
 
 from __future__ import annotations
 
-import math
-
 from amaranth.hdl import Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -90,28 +88,34 @@ class Accelerator(wiring.Component):
         log_s = s.bit_length() - 1
         m.submodules.sequencer = seq = self._sequencer
         shape = plan.net.input_shape
-        cw = math.ceil(shape.channels / s)
+        layout = plan.input_layout
         hw = shape.height * shape.width
 
         # ---- Image loader: 8 bit-plane writes per pixel -------------------------------
-        aw = seq.act_addr_width + 2
+        # Bit (plane, position, channel) of the input tensor is bit
+        # plane * plane_bits + position * pos_stride + channel of buffer 0.
+        aw = seq.act_addr_width + log_s + 2
         byte = Signal(8)
         have = Signal()
         plane = Signal(range(INPUT_PLANES))
         channel = Signal(range(shape.channels + 1))
         pos = Signal(range(hw + 1))
-        pos_cw = Signal(aw)
-        plane_off = Signal(aw)
+        pos_acc = Signal(aw)
+        plane_acc = Signal(aw)
+        bit_addr = Signal(aw)
+        m.d.comb += bit_addr.eq(plane_acc + pos_acc + channel)
         last_plane = plane == INPUT_PLANES - 1
-        lane = channel[:log_s] if log_s else 0
         last_pixel = (channel == shape.channels - 1) & (pos == hw - 1)
+        lane = bit_addr[:log_s] if log_s else 0
         bit = Signal()
         m.d.comb += bit.eq(byte.bit_select(plane, 1))
-        m.d.comb += [seq.load_addr.eq(plane_off + pos_cw + (channel >> log_s)),
+        m.d.comb += [seq.load_addr.eq(bit_addr >> log_s),
                      seq.load_data.eq(bit << lane),
                      seq.load_we.eq(have)]
-        with m.If(channel == shape.channels - 1):
-            # the last channel also clears the lanes above it (channel padding reads 0)
+        # The last bit of a position's channels (padded layout) or of the plane (dense
+        # layout) also clears the lanes above it: unused lanes read 0.
+        fill = last_pixel if layout.dense else channel == shape.channels - 1
+        with m.If(fill):
             m.d.comb += seq.load_en.eq(((1 << s) - 1) << lane)
         with m.Else():
             m.d.comb += seq.load_en.eq(1 << lane)
@@ -130,21 +134,21 @@ class Accelerator(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [self.done.eq(0), have.eq(0), plane.eq(0), channel.eq(0), pos.eq(0),
-                                 pos_cw.eq(0), plane_off.eq(0), count.eq(0)]
+                                 pos_acc.eq(0), plane_acc.eq(0), count.eq(0)]
                     m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += [self.busy.eq(1), self.pixels.ready.eq(~have | (last_plane & ~last_pixel))]
                 with m.If(have):
                     with m.If(last_plane):
-                        m.d.sync += [plane.eq(0), plane_off.eq(0), have.eq(0)]
+                        m.d.sync += [plane.eq(0), plane_acc.eq(0), have.eq(0)]
                         with m.If(pos == hw - 1):
-                            m.d.sync += [pos.eq(0), pos_cw.eq(0), channel.eq(channel + 1)]
+                            m.d.sync += [pos.eq(0), pos_acc.eq(0), channel.eq(channel + 1)]
                         with m.Else():
-                            m.d.sync += [pos.eq(pos + 1), pos_cw.eq(pos_cw + cw)]
+                            m.d.sync += [pos.eq(pos + 1), pos_acc.eq(pos_acc + layout.pos_stride)]
                         with m.If(last_pixel):
                             m.next = "RUN"
                     with m.Else():
-                        m.d.sync += [plane.eq(plane + 1), plane_off.eq(plane_off + hw * cw)]
+                        m.d.sync += [plane.eq(plane + 1), plane_acc.eq(plane_acc + layout.plane_words * s)]
                 with m.If(self.pixels.valid & self.pixels.ready):
                     m.d.sync += [byte.eq(self.pixels.payload), have.eq(1)]
             with m.State("RUN"):

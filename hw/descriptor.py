@@ -81,15 +81,18 @@ class DescriptorFormat:
             base.append((y * p.in_w + x) * p.cw_in)
         dy, dx = divmod(cols, p.out_w)
         s_, w_, cw = p.stride, p.in_w, p.cw_in
-        pad_full = ((1 << s) - 1) if p.pad_bit else 0
-        last_lanes = p.in_c - (p.cw_in - 1) * s
-        pad_last = ((1 << last_lanes) - 1) if p.pad_bit else 0
+        if p.in_dense or not p.pad_bit:
+            pad_full = pad_last = 0
+        else:
+            pad_full = (1 << s) - 1
+            pad_last = (1 << (p.in_c - (p.cw_in - 1) * s)) - 1
         compute = {
             "affine": int(p.affine),
             "opl": p.ops - 1, "op_base": self._op_base(p.index),
             "khl": p.kh - 1, "kwl": p.kw - 1, "cwl": cw - 1,
             "cgl": p.channel_groups - 1, "pgl": p.position_groups - 1,
-            "weight_base": p.weight_base, "tap_row_step": w_ * cw,
+            "weight_base": p.weight_base, "weight_group_step": p.weight_group_step,
+            "tap_row_step": w_ * cw,
             "in_h": p.in_h, "in_w": p.in_w,
             "yi0": yi0, "xi0": xi0, "base": base,
             "adv_dx": dx * s_, "adv_wrap_x": p.out_w * s_ - p.padding, "adv_wout": p.out_w * s_,
@@ -100,10 +103,10 @@ class DescriptorFormat:
             "guard_full": p.guard_full, "guard_last": p.guard_last,
             "last_colsl": p.last_cols - 1,
             "planesl": max(p.out_planes, 1) - 1, "drain_wordsl": max(p.drain_words, 1) - 1,
-            "cw_out": p.cw_out, "out_plane_step": p.out_h * p.out_w * p.cw_out,
-            "out_pg_step": cols * p.cw_out, "const_base": p.const_base,
-            "const_group_step": max(p.out_planes, 1), "last_word": p.cw_out - 1,
-            "hw_out": p.out_h * p.out_w,
+            "out_dense": int(p.out_dense), "out_pos_stride": p.out_pos_stride,
+            "out_plane_bits": p.out_plane_words * s, "out_pg_bits": cols * p.out_pos_stride,
+            "out_c": p.out_c, "const_base": p.const_base,
+            "const_group_step": max(p.out_planes, 1), "hw_out": p.out_h * p.out_w,
         }
         return {**self._blank(), **common, **compute}
 
@@ -117,10 +120,11 @@ class DescriptorFormat:
     def _blank(self) -> dict:
         cols = self.plan.cols
         keys = ["affine", "opl", "op_base", "khl", "kwl", "cwl", "cgl", "pgl", "weight_base",
-                "tap_row_step", "in_h", "in_w", "adv_dx", "adv_wrap_x", "adv_wout", "adv_dy",
-                "adv_dy1", "adv_base", "adv_base_wrap", "pad_full", "pad_last", "guard_full",
-                "guard_last", "last_colsl", "planesl", "drain_wordsl", "cw_out", "out_plane_step",
-                "out_pg_step", "const_base", "const_group_step", "last_word", "hw_out",
+                "weight_group_step", "tap_row_step", "in_h", "in_w", "adv_dx", "adv_wrap_x",
+                "adv_wout", "adv_dy", "adv_dy1", "adv_base", "adv_base_wrap", "pad_full", "pad_last",
+                "guard_full", "guard_last", "last_colsl", "planesl", "drain_wordsl", "out_dense",
+                "out_pos_stride", "out_plane_bits", "out_pg_bits", "out_c", "const_base",
+                "const_group_step", "hw_out",
                 "kl", "pool_planes_l", "pool_out_hl", "pool_out_wl", "pool_x_step", "pool_y_step",
                 "pool_row_step", "pool_plane_step"]
         blank = {k: 0 for k in keys}

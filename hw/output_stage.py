@@ -92,35 +92,37 @@ class OutputStage(wiring.Component):
         const_rd = consts.read_port()
 
         # ---- D0: loop counters --------------------------------------------------------
-        busy = Signal()
-        col = Signal(range(max(cols, 2)))
-        row = Signal(range(max(rows, 2)))
         most_words = max((p.drain_words for p in plan.layers if p.kind == "compute"), default=1)
         most_groups = max((max(p.channel_groups, p.position_groups) for p in plan.layers
                            if p.kind == "compute"), default=1)
-        word = Signal(range(most_words + 1))  # word within the group's drain loop
+        busy = Signal()
+        col = Signal(range(max(cols, 2)))
+        row = Signal(range(max(rows, 2)))
+        word = Signal(range(most_words + 1))  # word within a column's R bits
         plane = Signal(8)
         pg = Signal(range(most_groups + 1))
         cg = Signal(range(most_groups + 1))
-        cg_r = Signal(range((most_groups + 1) * rows))  # cg * rows
+        cg_r = Signal(range((most_groups + 1) * rows))  # cg * rows: the group's first channel
+        rows_valid = Signal(range(rows + 1))  # min(rows, out_c - cg_r)
         pg_last = Signal()
         cg_last = Signal()
         const_group = Signal(range(const_depth + 1))
         last_cols = Signal(range(max(cols, 2)))
-        m.d.comb += last_cols.eq(Mux(pg_last, desc.last_colsl, cols - 1))
-        # write address pieces
-        aw = len(self.act_addr) + 2
+        m.d.comb += [pg_last.eq(pg == desc.pgl), cg_last.eq(cg == desc.cgl),
+                     last_cols.eq(Mux(pg_last, desc.last_colsl, cols - 1))]
+        # Bit address of the column's first channel: plane + position + channel.
+        aw = len(self.act_addr) + log_s + 2
         plane_acc = Signal(aw)
-        pos_base = Signal(aw)
+        pg_acc = Signal(aw)
         col_acc = Signal(aw)
-        word_abs = Signal(aw)  # absolute word index within a position
-        offset = Signal(signed(log_s + 2 + max(rows, s).bit_length()))  # cg*R - word*S
-        # affine index pieces
+        bit_addr = Signal(aw)
+        m.d.comb += bit_addr.eq(plane_acc + pg_acc + col_acc + cg_r)
+        start_lane = Signal(log_s + 1)
+        m.d.comb += start_lane.eq(bit_addr[:log_s] if log_s else 0)
+        # affine index pieces: logit index = channel * hw_out + position
         idx_cg = Signal(32)
         idx_row = Signal(32)
         pos_aff = Signal(32)
-
-        m.d.comb += [pg_last.eq(pg == desc.pgl), cg_last.eq(cg == desc.cgl)]
 
         col_done = Signal()
         m.d.comb += col_done.eq(col == last_cols)
@@ -131,12 +133,12 @@ class OutputStage(wiring.Component):
             m.d.comb += finishing.eq(busy & col_done & (word == desc.drain_wordsl) & (plane == desc.planesl))
 
         with m.If(self.layer_start):
-            m.d.sync += [busy.eq(0), pg.eq(0), cg.eq(0), cg_r.eq(0), pos_base.eq(0), idx_cg.eq(0),
+            m.d.sync += [busy.eq(0), pg.eq(0), cg.eq(0), cg_r.eq(0), pg_acc.eq(0), idx_cg.eq(0),
                          pos_aff.eq(0), const_group.eq(desc.const_base)]
         with m.Elif(self.group_done):
             m.d.sync += [busy.eq(1), col.eq(0), row.eq(0), word.eq(0), plane.eq(0),
-                         plane_acc.eq(0), col_acc.eq(0), word_abs.eq(cg_r >> log_s),
-                         offset.eq(cg_r & (s - 1)), idx_row.eq(idx_cg)]
+                         plane_acc.eq(0), col_acc.eq(0), idx_row.eq(idx_cg),
+                         rows_valid.eq(Mux(desc.out_c - cg_r >= rows, rows, desc.out_c - cg_r))]
         with m.Elif(busy):
             with m.If(desc.affine):
                 # column outer, row inner
@@ -145,20 +147,20 @@ class OutputStage(wiring.Component):
                 with m.Else():
                     m.d.sync += [row.eq(row + 1), idx_row.eq(idx_row + desc.hw_out)]
             with m.Else():
-                # plane outer, word, column inner
-                with m.If(col_done):
-                    m.d.sync += [col.eq(0), col_acc.eq(0)]
-                    with m.If(word == desc.drain_wordsl):
-                        m.d.sync += [word.eq(0), word_abs.eq(cg_r >> log_s), offset.eq(cg_r & (s - 1)),
-                                     plane.eq(plane + 1), plane_acc.eq(plane_acc + desc.out_plane_step)]
+                # plane outer, column, word inner
+                with m.If(word == desc.drain_wordsl):
+                    m.d.sync += word.eq(0)
+                    with m.If(col_done):
+                        m.d.sync += [col.eq(0), col_acc.eq(0), plane.eq(plane + 1),
+                                     plane_acc.eq(plane_acc + desc.out_plane_bits)]
                     with m.Else():
-                        m.d.sync += [word.eq(word + 1), word_abs.eq(word_abs + 1), offset.eq(offset - s)]
+                        m.d.sync += [col.eq(col + 1), col_acc.eq(col_acc + desc.out_pos_stride)]
                 with m.Else():
-                    m.d.sync += [col.eq(col + 1), col_acc.eq(col_acc + desc.cw_out)]
+                    m.d.sync += word.eq(word + 1)
             with m.If(finishing):
                 m.d.sync += busy.eq(0)
                 with m.If(cg_last):
-                    m.d.sync += [cg.eq(0), cg_r.eq(0), pg.eq(pg + 1), pos_base.eq(pos_base + desc.out_pg_step),
+                    m.d.sync += [cg.eq(0), cg_r.eq(0), pg.eq(pg + 1), pg_acc.eq(pg_acc + desc.out_pg_bits),
                                  pos_aff.eq(pos_aff + cols), idx_cg.eq(0), const_group.eq(desc.const_base)]
                 with m.Else():
                     m.d.sync += [cg.eq(cg + 1), cg_r.eq(cg_r + rows), idx_cg.eq(idx_cg + desc.hw_out * rows),
@@ -172,15 +174,19 @@ class OutputStage(wiring.Component):
         d1_results = Signal(rows * pw)
         d1_one = Signal(signed(pw))
         d1_row = Signal(range(max(rows, 2)))
-        d1_addr = Signal(aw)
-        d1_word_ok = Signal()
-        d1_offset = Signal.like(offset)
-        d1_cg_last = Signal()
+        d1_addr = Signal(len(self.act_addr))
+        d1_offset = Signal(signed(log_s + 3 + max(most_words * s, rows).bit_length()))
+        d1_fill = Signal()
         d1_idx = Signal(32)
         d1_last = Signal()
+        # Lanes past the last channel are cleared: in the padded layout the rest of the last
+        # channel word of every position, in the dense layout the tail of each plane.
+        last_valid_word = (start_lane + rows_valid - 1) >> log_s
+        pos_last = pg_last & col_done
+        fill = cg_last & (~desc.out_dense | pos_last) & (word == last_valid_word)
         m.d.sync += [d1_valid.eq(busy & ~self.layer_start), d1_affine.eq(desc.affine), d1_row.eq(row),
-                     d1_addr.eq(plane_acc + pos_base + col_acc + word_abs),
-                     d1_word_ok.eq(word_abs <= desc.last_word), d1_offset.eq(offset), d1_cg_last.eq(cg_last),
+                     d1_addr.eq((bit_addr >> log_s) + word),
+                     d1_offset.eq(start_lane - word * s), d1_fill.eq(fill),
                      d1_idx.eq(idx_row + pos_aff + col), d1_last.eq(finishing & cg_last & pg_last)]
         with m.Switch(col):
             for c in range(cols):
@@ -208,8 +214,8 @@ class OutputStage(wiring.Component):
         for lane in range(s):
             k = Signal(signed(len(d1_offset) + 1), name=f"lane{lane}_row")
             m.d.comb += k.eq(lane - d1_offset)
-            in_group = (k >= 0) & (k < rows)
-            m.d.comb += lane_en[lane].eq((k >= 0) & (in_group | d1_cg_last))
+            in_group = (k >= 0) & (k < rows_valid)
+            m.d.comb += lane_en[lane].eq((k >= 0) & (in_group | d1_fill))
             sel = Signal(name=f"lane{lane}_bit")
             with m.Switch(k):
                 for r in range(rows):
@@ -228,7 +234,7 @@ class OutputStage(wiring.Component):
 
         # ---- D2: registered writes --------------------------------------------------------
         m.d.sync += [
-            self.act_we.eq(d1_valid & ~d1_affine & d1_word_ok & ~self.layer_start),
+            self.act_we.eq(d1_valid & ~d1_affine & ~self.layer_start),
             self.act_addr.eq(d1_addr),
             self.act_data.eq(lane_data),
             self.act_en.eq(lane_en),

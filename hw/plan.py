@@ -5,14 +5,19 @@ Everything here is plain Python on the IR; the gateware reads its constants from
 
 Layouts (``S = simd``):
 
-- An activation tensor ``(planes, Ch, H, W)`` is stored position-major in words of S
-  bits, one channel per lane: word ``((n*H + y)*W + x)*cw + j`` holds channels
-  ``j*S .. j*S+S-1`` of position ``(y, x)`` of plane ``n``, ``cw = ceil(Ch / S)``.
-  Lanes past ``Ch`` hold 0. Layer ``i``'s input lives in buffer ``i % 2``.
+- An activation tensor ``(planes, Ch, H, W)`` is a bit string per plane, position-major,
+  channel fastest: bit ``pos * stride + ch`` of plane ``n``, in words of S bits (lane =
+  bit mod S), each plane starting on a word. *Padded* layout: ``stride = cw * S`` with
+  ``cw = ceil(Ch / S)``, so a position's channels start on a word (what a k x k window
+  needs). *Dense* layout: ``stride = Ch``, no gaps, for a tensor read whole by a layer
+  whose kernel covers it (linear layers, the full-image conv of an MLP): that layer then
+  runs ``ceil(H*W*Ch / S)`` beats per op instead of ``H*W*cw``. Unused lanes hold 0.
+  Layer ``i``'s input lives in buffer ``i % 2``.
 - A compute layer runs groups of R output channels x C output positions; a group is
   ``beats = ops * kh * kw * cw_in`` cycles, in the order op, ky, kx, channel word
-  (a linear layer is a convolution whose kernel covers its whole input).
-- Weights: one ROM word of R*S bits per beat and channel group, in issue order.
+  (a layer on a dense input is one "tap" of ``cw_in`` words).
+- Weights: one ROM word of R*S bits per (channel group, weight plane, tap, word); an op
+  reads its weight plane's words, so ops sharing a weight plane share ROM.
 """
 
 from __future__ import annotations
@@ -21,11 +26,19 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from binforge.compiler.ir import ConvLayer, LinearLayer, MaxPoolLayer, Network, signed_width
+from binforge.compiler.ir import (
+    INPUT_PLANES,
+    ConvLayer,
+    LinearLayer,
+    MaxPoolLayer,
+    Network,
+    signed_width,
+)
 
 from .pe import GainFormat, popcount_depth
 
-__all__ = ["ComputePlan", "PoolPlan", "NetworkPlan", "plan_network", "analytic_cycles",
+__all__ = ["ComputePlan", "PoolPlan", "NetworkPlan", "TensorLayout", "plan_network", "tensor_layouts",
+           "analytic_cycles",
            "OUT_DATA_WIDTH", "DEFAULT_RELAY"]
 
 #: Width of the result stream's data: the class index and every logit fit in it.
@@ -74,7 +87,10 @@ class ComputePlan:
     out_w: int
     out_planes: int
     cw_in: int
-    cw_out: int
+    in_dense: bool
+    out_dense: bool
+    out_pos_stride: int
+    out_plane_words: int
     beats: int
     channel_groups: int
     position_groups: int
@@ -88,6 +104,8 @@ class ComputePlan:
     guard_full: int
     guard_last: int
     plane_offsets: tuple[int, ...]
+    weight_offsets: tuple[int, ...]
+    weight_group_step: int
     gains: tuple[int, ...]
     weight_words: np.ndarray = field(repr=False)
     const_rows: np.ndarray = field(repr=False)
@@ -151,10 +169,7 @@ class NetworkPlan:
     const_rom: np.ndarray = field(repr=False)   # object array of python ints
     buffer_depths: tuple[int, int] = (1, 1)
     logits_depth: int = 1
-
-    @property
-    def input_cw(self) -> int:
-        return math.ceil(self.net.input_shape.channels / self.simd)
+    input_layout: TensorLayout | None = None
 
     @property
     def const_width(self) -> int:
@@ -179,55 +194,109 @@ class NetworkPlan:
         }
 
 
-def _words_touched(lo: int, hi: int, simd: int) -> int:
-    return (hi - 1) // simd - lo // simd + 1
+def _reads_whole_input(layer) -> bool:
+    """A compute layer whose single window is its whole input (kernel covers it, no padding)."""
+    if layer.kind == "linear":
+        return True
+    if layer.kind == "conv":
+        return (layer.padding == 0 and layer.kernel == layer.in_shape.height
+                and layer.kernel == layer.in_shape.width)
+    return False
 
 
-def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_base):
+@dataclass(frozen=True)
+class TensorLayout:
+    """Where an activation tensor's bits are: see the module docstring."""
+
+    planes: int
+    channels: int
+    positions: int
+    dense: bool
+    simd: int
+
+    @property
+    def pos_stride(self) -> int:
+        """Bits from one position to the next."""
+        return self.channels if self.dense else math.ceil(self.channels / self.simd) * self.simd
+
+    @property
+    def plane_words(self) -> int:
+        return math.ceil(self.positions * self.pos_stride / self.simd)
+
+    @property
+    def words(self) -> int:
+        return self.planes * self.plane_words
+
+
+def tensor_layouts(net: Network, simd: int) -> list[TensorLayout]:
+    """The layout of each layer's input tensor (index ``i``: the input of layer ``i``).
+
+    Dense when the consumer reads it whole and the producer is the image loader or a
+    compute layer (the pool engine writes whole words of the padded layout only).
+    """
+    layouts = []
+    shape, planes = net.input_shape, INPUT_PLANES
+    for i, layer in enumerate(net.layers):
+        producer_ok = i == 0 or net.layers[i - 1].kind != "maxpool"
+        dense = producer_ok and _reads_whole_input(layer)
+        layouts.append(TensorLayout(planes, shape.channels, shape.height * shape.width, dense, simd))
+        shape, planes = layer.out_shape, layer.out_planes
+    return layouts
+
+
+def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_base,
+                  in_layout: TensorLayout, out_layout: TensorLayout | None):
+    in_c, in_h, in_w = layer.in_shape.as_tuple()
     if layer.kind == "conv":
         kh = kw = layer.kernel
         stride, padding, pad_bit = layer.stride, layer.padding, layer.pad_bit
-        in_c, in_h, in_w = layer.in_shape.as_tuple()
         weights = layer.weights  # (P, Co, Ci, k, k)
     else:
-        in_c, in_h, in_w = layer.in_shape.as_tuple()
         kh, kw, stride, padding, pad_bit = in_h, in_w, 1, 0, 0
         weights = layer.weights.reshape(layer.weight_planes, layer.out_features, in_c, in_h, in_w)
     out = layer.out_shape
     out_c, out_h, out_w = out.as_tuple()
-    cw_in = math.ceil(in_c / simd)
     affine = layer.output.kind == "affine"
     out_planes = 0 if affine else layer.out_planes
-    cw_out = math.ceil(out_c / simd)
     ops = layer.ops
-    beats = len(ops) * kh * kw * cw_in
+    used = sorted({op.weight_plane for op in ops})
     cg_count = math.ceil(out_c / rows)
     positions = out_h * out_w
     pg_count = math.ceil(positions / cols)
     last_cols = positions - (pg_count - 1) * cols
 
-    # Weight ROM words, in issue order: channel group, op, ky, kx, channel word.
-    padded = np.zeros((weights.shape[0], cg_count * rows, kh, kw, cw_in * simd), dtype=np.uint8)
-    padded[:, :out_c, :, :, :in_c] = weights.transpose(0, 1, 3, 4, 2)
+    # Weight ROM words: channel group, used weight plane, tap, word; R*S bits each.
+    weights = weights.transpose(0, 1, 3, 4, 2)  # (P, Co, kh, kw, Ci)
+    if in_layout.dense:
+        cw_in = in_layout.plane_words
+        flat = weights.reshape(weights.shape[0], out_c, 1, 1, kh * kw * in_c)
+        kh = kw = 1
+        geometry = dict(in_h=1, in_w=1, stride=1, padding=0, pad_bit=0)
+        padded = np.zeros((flat.shape[0], cg_count * rows, 1, 1, cw_in * simd), dtype=np.uint8)
+        padded[:, :out_c, :, :, :flat.shape[-1]] = flat
+    else:
+        cw_in = math.ceil(in_c / simd)
+        geometry = dict(in_h=in_h, in_w=in_w, stride=stride, padding=padding, pad_bit=pad_bit)
+        padded = np.zeros((weights.shape[0], cg_count * rows, kh, kw, cw_in * simd), dtype=np.uint8)
+        padded[:, :out_c, :, :, :in_c] = weights
+    taps_words = kh * kw * cw_in
+    beats = len(ops) * taps_words
+    lane_values = np.array([1 << i for i in range(simd)], dtype=object)
     words = []
-    lane_weights = [1 << i for i in range(simd)]
     for cg in range(cg_count):
-        for op in ops:
-            block = padded[op.weight_plane, cg * rows:(cg + 1) * rows]  # (R, kh, kw, cw*S)
-            for ky in range(kh):
-                for kx in range(kw):
-                    for j in range(cw_in):
-                        word = 0
-                        for r in range(rows):
-                            bits = block[r, ky, kx, j * simd:(j + 1) * simd]
-                            lane = sum(w for w, b in zip(lane_weights, bits, strict=True) if b)
-                            word |= lane << (r * simd)
-                        words.append(word)
+        for m in used:
+            block = padded[m, cg * rows:(cg + 1) * rows].reshape(rows, taps_words, simd)
+            lanes = block.astype(object) @ lane_values  # (R, taps_words) python ints
+            for t in range(taps_words):
+                word = 0
+                for r in range(rows):
+                    word |= int(lanes[r, t]) << (r * simd)
+                words.append(word)
 
     # Per-channel constants. acc = bias + K*sum(gains) - 2*P, P = the PE's result.
     k = layer.fan_in
     offset = np.asarray(layer.bias, dtype=np.int64) + k * sum(op.gain for op in ops)
-    rows_out = []  # one entry per (channel group[, plane]): list of R (value, flip, valid)
+    rows_out = []  # one entry per (channel group[, plane]): R x (value, flip, valid)
     if affine:
         for cg in range(cg_count):
             entry = []
@@ -250,33 +319,41 @@ def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_b
                         entry.append((0, 0, 0))
                 rows_out.append(entry)
 
-    # Drain cycles per group: threshold layers write planes x words x columns; the
-    # affine layer writes one logit per column x row.
+    # Drain cycles per group: threshold layers write planes x columns x words (the words
+    # a column's R bits touch, at most); the affine layer writes one logit per column x row.
     if affine:
         drain_words = 0
         drain_full = cols * rows
         drain_last = last_cols * rows
+        out_pos_stride = out_plane_words = 0
+        out_dense = False
     else:
+        out_pos_stride, out_plane_words = out_layout.pos_stride, out_layout.plane_words
+        out_dense = out_layout.dense
         drain_words = 1
         for cg in range(cg_count):
-            lo = cg * rows
-            hi = min(lo + rows, cw_out * simd)
-            drain_words = max(drain_words, min(_words_touched(lo, hi, simd), cw_out - lo // simd))
+            valid = min(rows, out_c - cg * rows)
+            starts = {(pos * out_pos_stride + cg * rows) % simd for pos in range(positions)}
+            for start in starts:
+                drain_words = max(drain_words, (start + valid - 1) // simd + 1)
         drain_full = out_planes * drain_words * cols
         drain_last = out_planes * drain_words * last_cols
     guard_full = max(0, drain_full + max_skew + 1 - beats)
     guard_last = max(0, drain_last + max_skew + 1 - beats)
-    plane_offsets = tuple(op.act_plane * in_h * in_w * cw_in for op in ops)
+    plane_offsets = tuple(op.act_plane * in_layout.plane_words for op in ops)
+    weight_offsets = tuple(used.index(op.weight_plane) * taps_words for op in ops)
     return ComputePlan(
-        index=index, layer=layer, kh=kh, kw=kw, stride=stride, padding=padding, pad_bit=pad_bit,
-        in_c=in_c, in_h=in_h, in_w=in_w, out_c=out_c, out_h=out_h, out_w=out_w,
-        out_planes=out_planes, cw_in=cw_in, cw_out=cw_out, beats=beats,
+        index=index, layer=layer, kh=kh, kw=kw, in_c=in_c, out_c=out_c, out_h=out_h, out_w=out_w,
+        out_planes=out_planes, cw_in=cw_in, in_dense=in_layout.dense, out_dense=out_dense,
+        out_pos_stride=out_pos_stride, out_plane_words=out_plane_words, beats=beats,
         channel_groups=cg_count, position_groups=pg_count, last_cols=last_cols,
         weight_base=weight_base, const_base=const_base, const_entries=len(rows_out),
         drain_words=drain_words, drain_full=drain_full, drain_last=drain_last,
         guard_full=guard_full, guard_last=guard_last, plane_offsets=plane_offsets,
+        weight_offsets=weight_offsets, weight_group_step=len(used) * taps_words,
         gains=tuple(op.gain for op in ops), weight_words=np.array(words, dtype=object),
         const_rows=np.array(rows_out, dtype=object).reshape(len(rows_out), rows, 3), affine=affine,
+        **geometry,
     )
 
 
@@ -284,11 +361,13 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
     """Map ``net`` onto an R x C x S array; raise ValueError for what cannot be mapped."""
     check_geometry(rows, cols, simd)
     _check_positive("relay", relay)
+    if not isinstance(net, Network):
+        raise TypeError(f"net must be a binforge.compiler.ir.Network, not {type(net).__name__}")
     max_skew = (rows - 1) // relay + (cols - 1) // relay
+    layouts = tensor_layouts(net, simd)
     layers: list = []
     weight_base = const_base = 0
     gains: set[int] = set()
-    pe_lo = pe_hi = 0
     for i, layer in enumerate(net.layers):
         if layer.kind == "maxpool":
             c, h, w = layer.in_shape.as_tuple()
@@ -297,39 +376,33 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
                                    planes=layer.in_planes, in_h=h, in_w=w, out_h=out.height,
                                    out_w=out.width, cw=math.ceil(c / simd)))
             continue
-        plan = _compute_plan(i, layer, rows, cols, simd, max_skew, weight_base, const_base)
+        out_layout = layouts[i + 1] if i + 1 < len(layouts) else None
+        plan = _compute_plan(i, layer, rows, cols, simd, max_skew, weight_base, const_base,
+                             layouts[i], out_layout)
         layers.append(plan)
         weight_base += len(plan.weight_words)
         const_base += plan.const_entries
         gains.update(plan.gains)
-        k = layer.fan_in
-        pe_lo += sum(g for g in plan.gains if g < 0) * k
-        pe_hi += sum(g for g in plan.gains if g > 0) * k
-    gain_format = GainFormat(gains)
-    # The PE's result range: every op's mismatch count is in [0, K] (also per partial sum).
-    lo = min((sum(g for g in p.gains if g < 0) * p.fan_in for p in layers if p.kind == "compute"), default=0)
-    hi = max((sum(g for g in p.gains if g > 0) * p.fan_in for p in layers if p.kind == "compute"), default=0)
-    pe_width = max(signed_width(lo, hi), (simd * gain_format.largest).bit_length() + 1)
     last = layers[-1]
-    values = [int(v) for p in layers if p.kind == "compute" for v in p.const_rows[:, :, 0].ravel()]
-    const_value_width = max(signed_width(min(values), max(values)), pe_width)
-    if last.layer.acc_width > OUT_DATA_WIDTH - 0:
+    if last.layer.acc_width > OUT_DATA_WIDTH:
         raise ValueError(f"the last layer's accumulators are {last.layer.acc_width} bits wide, "
                          f"wider than the {OUT_DATA_WIDTH}-bit result stream")
-    # Buffers: layer i reads buffer i % 2; its output is layer i+1's input.
+    gain_format = GainFormat(gains)
+    # The PE's result range: every op's mismatch count is in [0, K] (also per partial sum).
+    computes = [p for p in layers if p.kind == "compute"]
+    lo = min(sum(g for g in p.gains if g < 0) * p.fan_in for p in computes)
+    hi = max(sum(g for g in p.gains if g > 0) * p.fan_in for p in computes)
+    pe_width = max(signed_width(lo, hi), (simd * gain_format.largest).bit_length() + 1)
+    values = [int(v) for p in computes for v in p.const_rows[:, :, 0].ravel()]
+    const_value_width = max(signed_width(min(values), max(values)), pe_width)
+    # Buffers: layer i reads buffer i % 2; its input tensor lives there.
     depths = [1, 1]
-    depths[0] = max(depths[0], 8 * net.input_shape.height * net.input_shape.width
-                    * math.ceil(net.input_shape.channels / simd))
-    for i, layer in enumerate(net.layers[:-1]):
-        out = layer.out_shape
-        words = layer.out_planes * out.height * out.width * math.ceil(out.channels / simd)
-        depths[(i + 1) % 2] = max(depths[(i + 1) % 2], words)
-    weight_rom = np.concatenate([p.weight_words for p in layers if p.kind == "compute"])
+    for i, layout in enumerate(layouts):
+        depths[i % 2] = max(depths[i % 2], layout.words)
+    weight_rom = np.concatenate([p.weight_words for p in computes])
     cvw = const_value_width
     const_words = []
-    for p in layers:
-        if p.kind != "compute":
-            continue
+    for p in computes:
         for entry in p.const_rows:
             word = 0
             for r, (value, flip, valid) in enumerate(entry):
@@ -341,6 +414,7 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
         gain_format=gain_format, pe_width=pe_width, const_value_width=const_value_width,
         weight_rom=weight_rom, const_rom=np.array(const_words, dtype=object),
         buffer_depths=(depths[0], depths[1]), logits_depth=max(net.num_classes, 1),
+        input_layout=layouts[0],
     )
 
 

@@ -83,13 +83,16 @@ class WindowGenerator(wiring.Component):
         cols = plan.cols
         fmt = plan.gain_format
 
-        # Op table: per op, the act plane's word offset and the gain, read combinationally.
-        ops = [(off, fmt.encode(g)) for p in plan.layers if p.kind == "compute"
-               for off, g in zip(p.plane_offsets, p.gains, strict=True)]
+        # Op table: per op, the act plane's word offset, the weight plane's word offset and
+        # the gain, read combinationally.
+        ops = [(off, woff, fmt.encode(g)) for p in plan.layers if p.kind == "compute"
+               for off, woff, g in zip(p.plane_offsets, p.weight_offsets, p.gains, strict=True)]
         gw = len(self.gain)
-        ow = max(1, max(off for off, _ in ops).bit_length())
+        ow = max(1, max(off for off, _, _ in ops).bit_length())
+        ww = max(1, max(woff for _, woff, _ in ops).bit_length())
         m.submodules.op_table = op_table = memory.Memory(
-            shape=ow + gw, depth=len(ops), init=[off | (code << ow) for off, code in ops])
+            shape=ow + ww + gw, depth=len(ops),
+            init=[off | (woff << ow) | (code << (ow + ww)) for off, woff, code in ops])
         op_rd = op_table.read_port(domain="comb")
 
         aw = self._addr_width + 3  # signed working width for window addresses
@@ -98,7 +101,8 @@ class WindowGenerator(wiring.Component):
         cg, pg = Signal(24), Signal(24)
         row_off = Signal(aw)
         tap_off = Signal(aw)
-        waddr = Signal(len(self.weight_addr) + 1)
+        wgroup = Signal(len(self.weight_addr) + 1)  # the channel group's first weight word
+        in_op = Signal(len(self.weight_addr) + 1)  # beat within the op
         guard = Signal(16)
         running = Signal()
         m.d.comb += op_rd.addr.eq(d.op_base + op)
@@ -114,7 +118,8 @@ class WindowGenerator(wiring.Component):
         issue = running & ~stall
         m.d.comb += [self.beat.eq(issue), self.first.eq(first), self.last.eq(last),
                      self.finished.eq(~running),
-                     self.gain.eq(op_rd.data[ow:]), self.weight_addr.eq(waddr),
+                     self.gain.eq(op_rd.data[ow + ww:]),
+                     self.weight_addr.eq(wgroup + op_rd.data[ow:ow + ww] + in_op),
                      self.pad_word.eq(Mux(j == d.cwl, d.pad_last, d.pad_full))]
         plane_off = op_rd.data[:ow]
         for c in range(cols):
@@ -130,12 +135,12 @@ class WindowGenerator(wiring.Component):
         with m.If(self.start):
             m.d.sync += [running.eq(1), op.eq(0), ky.eq(0), kx.eq(0), j.eq(0), cg.eq(0), pg.eq(0),
                          row_off.eq(0), tap_off.eq(0), guard.eq(0)]
-            m.d.sync += waddr.eq(self.init.weight_base)
+            m.d.sync += [wgroup.eq(self.init.weight_base), in_op.eq(0)]
             for c in range(cols):
                 m.d.sync += [yi0[c].eq(self.init.yi0[c]), xi0[c].eq(self.init.xi0[c]),
                              base[c].eq(self.init.base[c])]
         with m.Elif(issue):
-            m.d.sync += waddr.eq(waddr + 1)
+            m.d.sync += in_op.eq(in_op + 1)
             with m.If(~run_end):
                 m.d.sync += tap_off.eq(tap_off + 1)
                 with m.If(j == d.cwl):
@@ -147,15 +152,16 @@ class WindowGenerator(wiring.Component):
                              tap_off.eq(row_off + d.tap_row_step)]
             with m.Else():
                 m.d.sync += [j.eq(0), kx.eq(0), ky.eq(0), row_off.eq(0), tap_off.eq(0)]
+                m.d.sync += in_op.eq(0)
                 with m.If(op != d.opl):
                     m.d.sync += op.eq(op + 1)
                 with m.Else():
                     # The group's last beat.
                     m.d.sync += [op.eq(0), guard.eq(Mux(pg == d.pgl, d.guard_last, d.guard_full))]
                     with m.If(cg != d.cgl):
-                        m.d.sync += cg.eq(cg + 1)
+                        m.d.sync += [cg.eq(cg + 1), wgroup.eq(wgroup + d.weight_group_step)]
                     with m.Else():
-                        m.d.sync += [cg.eq(0), pg.eq(pg + 1), waddr.eq(d.weight_base)]
+                        m.d.sync += [cg.eq(0), pg.eq(pg + 1), wgroup.eq(d.weight_base)]
                         for c in range(cols):
                             wrap = xi0[c] + d.adv_dx >= d.adv_wrap_x
                             m.d.sync += [
