@@ -112,10 +112,6 @@ class XnorScale(nn.Module):
                 "channel: train with the input factor off (alpha only) to compile")
         return xnor_weight_scale(weight.detach())
 
-    @property
-    def num_scaling_factors(self) -> int:
-        return 0  # alpha is derived from the weights; a fixed layer keeps one value per channel
-
     def extra_repr(self) -> str:
         return f"input_factor={self.input_factor}"
 
