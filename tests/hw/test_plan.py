@@ -1,0 +1,59 @@
+"""The network-to-array plan: layouts, refusals with exact messages, the cycle model's shape."""
+
+import numpy as np
+import pytest
+from binforge.compiler import ir
+from binforge.compiler.random_network import random_conv, random_linear
+from binforge.hw.accelerator import Accelerator
+from binforge.hw.plan import analytic_cycles, plan_network, tensor_layouts
+from networks import linear_stack_network, small_network
+
+
+def wide_logits_network():
+    """A classifier whose accumulators need more than 32 bits (huge gains)."""
+    rng = np.random.default_rng(0)
+    first = random_conv(rng, ir.Shape(1, 3, 3), ir.INPUT_PLANES, 2, weight_planes=1, out_planes=1,
+                        ops=tuple(ir.Op(0, i, 1 << i) for i in range(8)), name="conv0")
+    last = random_linear(rng, first.out_shape, 1, 2, ops=(ir.Op(0, 0, 1 << 30),), name="fc")
+    return ir.validate(ir.Network(name="wide", input_shape=ir.Shape(1, 3, 3), num_classes=2,
+                                  layers=(first, last)))
+
+
+def test_last_layer_wider_than_the_result_stream_is_refused(rejects):
+    net = wide_logits_network()
+    width = net.layers[-1].acc_width
+    message = (f"the last layer's accumulators are {width} bits wide, wider than the 32-bit "
+               "result stream")
+    rejects(ValueError, message, plan_network, net, 2, 2, 4)
+    rejects(ValueError, message, Accelerator, net, 2, 2, 4)
+
+
+@pytest.mark.parametrize("rows,cols,simd,message", [
+    (0, 1, 1, "rows must be a positive integer, not 0"),
+    (1, 0, 1, "cols must be a positive integer, not 0"),
+    (1, 1, 0, "simd must be a positive power of two, not 0"),
+    (1, 1, 24, "simd must be a positive power of two, not 24"),
+    (True, 1, 1, "rows must be a positive integer, not True"),
+])
+def test_accelerator_rejects_bad_parameters(rows, cols, simd, message, rejects):
+    rejects(ValueError, message, Accelerator, small_network(1), rows, cols, simd)
+
+
+def test_layouts_dense_only_where_read_whole():
+    net = small_network(1)  # conv0, pool, conv1, conv2, linear
+    layouts = tensor_layouts(net, 8)
+    assert [layout.dense for layout in layouts] == [False, False, False, False, True]
+    stack = tensor_layouts(linear_stack_network(1), 8)
+    assert [layout.dense for layout in stack] == [True, True]
+    assert stack[0].pos_stride == 1 and stack[0].plane_words == 2  # 9 bits in 8-bit words
+
+
+def test_cycle_model_counts_ideal_beats():
+    net = small_network(2)
+    plan = plan_network(net, 2, 3, 4)
+    cycles = analytic_cycles(plan)
+    for p, row in zip(plan.layers, cycles["layers"], strict=True):
+        if p.kind == "compute":
+            assert row["ideal"] == p.ops * p.channel_groups * p.position_groups * p.kh * p.kw * p.cw_in
+            assert row["cycles"] >= row["ideal"] + plan.array_latency
+    assert cycles["total"] == 1 + sum(row["cycles"] for row in cycles["layers"])
