@@ -1,0 +1,226 @@
+"""``binforge explore``: the points table, resuming, Pareto fronts, validation, builds, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from binforge.boards.fit import estimate_fit
+from binforge.boards.platforms import get_board
+from binforge.compiler.ir import Shape, save
+from binforge.compiler.random_network import random_network
+from binforge.hw.plan import analytic_cycles, plan_network
+from binforge.model.data import load_dataset
+from binforge.sim.golden import run_network
+
+import binforge.explore as explore
+from binforge.cli import main
+
+DATA = "synthetic=1,8,8,4"
+LIMIT = 48
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    """Two small compiled networks in NET folders: a multi-op one and a one-op-per-layer one."""
+    root = tmp_path_factory.mktemp("nets")
+    networks = {
+        "multi": random_network(0),
+        "single": random_network(1, channels=(6, 8), act_planes=(1, 1), first_weight_planes=1),
+    }
+    for name, net in networks.items():
+        save(net, root / name)
+    return root, networks
+
+
+def read_points(folder):
+    with open(folder / "points.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def sweep(nets, out, *extra):
+    root, _ = nets
+    return main(["explore", "--net", str(root / "multi"), "--net", str(root / "single"),
+                 "--rows", "2,4", "--cols", "1,2", "--simd", "8,16", "--boards", "icebreaker,ulx3s-85f",
+                 "--data", DATA, "--limit", str(LIMIT), "--out", str(out), *extra])
+
+
+def test_sweep_writes_every_point_with_its_figures_and_the_plots(nets, tmp_path, capsys):
+    root, networks = nets
+    out = tmp_path / "exp"
+    assert sweep(nets, out) == 0
+    columns, rows = read_points(out)
+    assert tuple(columns) == explore.POINT_COLUMNS
+    assert len(rows) == 2 * 8 * 2
+    keys = {tuple(r[c] for c in explore.KEY_COLUMNS) for r in rows}
+    assert len(keys) == len(rows)
+
+    data = load_dataset(DATA, "test", limit=LIMIT)
+    for row in rows:
+        net = networks[row["network"]]
+        r, c, s = int(row["rows"]), int(row["cols"]), int(row["simd"])
+        board = get_board(row["board"])
+        plan = plan_network(net, r, c, s)
+        estimate = estimate_fit(plan, board)
+        assert int(row["cycles"]) == analytic_cycles(plan)["total"]
+        assert int(row["logic"]) == int(row["logic_estimate"]) == estimate.logic_cells
+        assert int(row["bram_blocks"]) == estimate.bram_blocks
+        assert row["fits"] == ("yes" if estimate.fits else "no")
+        assert row["resources_from"] == "estimate" and row["fmax_from"] == "estimate"
+        assert row["validated"] == "no" and row["built"] == "no" and row["error"] == ""
+        accuracy = 100.0 * np.mean(run_network(net, data.images).predictions == data.labels)
+        assert float(row["accuracy"]) == pytest.approx(accuracy, abs=0.005)
+        assert int(row["bit_ops"]) == explore.bit_ops(net) > 0
+        assert row["ops_per_layer"].split() == [str(len(layer.ops)) for layer in net.compute_layers]
+        per_image = int(row["image_cycles"])
+        assert float(row["images_per_s"]) == pytest.approx(board.clock_hz / per_image, rel=1e-3)
+        fmax = float(row["fmax_mhz"])
+        assert float(row["images_per_s_at_fmax"]) == pytest.approx(fmax * 1e6 / per_image, rel=1e-3)
+    # more rows (output channels in parallel) never costs cycles here
+    multi = {(r["rows"], r["cols"], r["simd"]): int(r["cycles"]) for r in rows
+             if r["network"] == "multi" and r["board"] == "icebreaker"}
+    assert multi[("4", "1", "8")] < multi[("2", "1", "8")]
+
+    for name in explore.PLOT_FILES:
+        data_png = (out / name).read_bytes()
+        assert data_png[:8] == b"\x89PNG\r\n\x1a\n" and len(data_png) > 5000
+    report = json.loads((out / "report.json").read_text())
+    assert report["command"] == "explore"
+    assert (report["points"], report["computed"], report["resumed"]) == (32, 32, 0)
+    assert report["fitting"] == sum(r["fits"] == "yes" for r in rows)
+    assert report["pareto_front"], "a sweep with fitting points has a Pareto front"
+    summary = capsys.readouterr().out
+    assert "32 points (32 computed, 0 resumed)" in summary
+
+
+def test_resume_skips_finished_points(nets, tmp_path, monkeypatch):
+    out = tmp_path / "exp"
+    plans, goldens = [], []
+    real_plan, real_golden = explore.plan_network, explore.golden_accuracy
+
+    def counting_plan(net, rows, cols, simd, *args, **kwargs):
+        plans.append((net.name, rows, cols, simd))
+        if len(plans) == 5 and interrupt:
+            raise KeyboardInterrupt  # the sweep is stopped half way
+        return real_plan(net, rows, cols, simd, *args, **kwargs)
+
+    def counting_golden(net, images, labels):
+        goldens.append(net.name)
+        return real_golden(net, images, labels)
+
+    monkeypatch.setattr(explore, "plan_network", counting_plan)
+    monkeypatch.setattr(explore, "golden_accuracy", counting_golden)
+    interrupt = True
+    assert sweep(nets, out) == 130
+    _, first = read_points(out)
+    assert len(first) == 4 * 2  # four shapes were finished, two boards each
+    assert len(goldens) == 1
+
+    interrupt = False
+    plans.clear()
+    goldens.clear()
+    assert sweep(nets, out) == 0
+    assert len(plans) == 16 - 4  # only the shapes not in points.csv
+    assert len(goldens) == 1  # the first network's accuracy came from the table
+    _, second = read_points(out)
+    assert len(second) == 32
+    assert [r for r in second if r in first] == first  # finished rows kept as they were
+    report = json.loads((out / "report.json").read_text())
+    assert (report["computed"], report["resumed"]) == (24, 8)
+
+    plans.clear()
+    goldens.clear()
+    assert sweep(nets, out) == 0
+    assert plans == [] and goldens == []
+    assert read_points(out)[1] == second
+
+
+def test_pareto_front_on_a_hand_built_set():
+    points = [(1, 5), (2, 2), (5, 1), (3, 3), (2, 2), (6, 6), (1, 6), (5, 2)]
+    # (3,3), (6,6) are dominated by (2,2); (1,6) by (1,5); (5,2) by (5,1); equal points both stay
+    assert explore.pareto_front(points) == [0, 1, 2, 4]
+    assert explore.pareto_front([(3, 1, 2), (3, 1, 1), (1, 9, 9)]) == [1, 2]
+    assert explore.pareto_front([]) == []
+
+    def row(board, cycles, logic, fits="yes", **extra):
+        return {"net_hash": "n", "data": "", "rows": str(cycles), "cols": "1", "simd": "8", "board": board,
+                "cycles": str(cycles), "logic": str(logic), "fits": fits, "error": "", **extra}
+
+    rows = [row("a", 100, 10), row("a", 50, 20), row("a", 60, 30), row("a", 10, 5, fits="no"),
+            row("b", 70, 20), row("b", 80, 10)]
+    front = explore.front_keys(rows)
+    # per board, fitting points only: a's (10, 5) does not fit, (60, 30) is dominated
+    assert {(k[2], k[5]) for k in front} == {("100", "a"), ("50", "a"), ("70", "b"), ("80", "b")}
+
+
+def test_validate_checks_cycles_and_logits_in_simulation(tmp_path):
+    net = random_network(4, in_shape=Shape(1, 4, 4), channels=(2,), num_classes=2, pool=False,
+                         first_weight_planes=1)
+    save(net, tmp_path / "tiny")
+    out = tmp_path / "exp"
+    assert main(["explore", "--net", str(tmp_path / "tiny"), "--rows", "1,2", "--cols", "1", "--simd", "4",
+                 "--boards", "icebreaker,ulx3s-85f", "--validate", "1", "--out", str(out)]) == 0
+    _, rows = read_points(out)
+    validated = [r for r in rows if r["validated"] == "yes"]
+    assert len(validated) == 2 and len({(r["rows"], r["cols"], r["simd"]) for r in validated}) == 1
+    for r in validated:
+        assert r["sim_cycles"] == r["cycles"]
+        assert r["sim_image_cycles"] == r["image_cycles"]
+    assert all(r["sim_cycles"] == "" for r in rows if r["validated"] == "no")
+    report = json.loads((out / "report.json").read_text())
+    assert [v["passed"] for v in report["validated"]] == [True]
+    assert report["data"] is None and all(r["accuracy"] == "" for r in rows)
+
+
+def test_build_takes_pareto_points_first_and_records_built_figures(nets, tmp_path, monkeypatch):
+    # The FPGA flow itself is tested in tests/boards; here it is replaced by a recorder so the
+    # explorer's choice of points and its bookkeeping are checked in seconds.
+    root, _ = nets
+    built = []
+
+    def recording_build(net, row, out, *, progress=True):
+        built.append(dict(row))
+        return {"utilisation": {"logic_cells": {"used": 1234}, "bram": {"used": 3}}, "fmax_sync_mhz": 50.0}
+
+    monkeypatch.setattr(explore, "build_point", recording_build)
+    out = tmp_path / "exp"
+    args = ["explore", "--net", str(root / "single"), "--rows", "2,4", "--cols", "1,2", "--simd", "8",
+            "--boards", "icebreaker", "--build", "1", "--out", str(out)]
+    assert main(args) == 0
+    assert len(built) == 1
+    _, rows = read_points(out)
+    before = {tuple(r[c] for c in explore.KEY_COLUMNS): r for r in rows}
+    front = explore.front_keys([{**r, "logic": r["logic_estimate"]} for r in rows])
+    assert tuple(built[0][c] for c in explore.KEY_COLUMNS) in front
+    (done,) = [r for r in rows if r["built"] == "yes"]
+    assert (done["resources_from"], done["logic"], done["bram_blocks"]) == ("built", "1234", "3")
+    assert done["logic_estimate"] == built[0]["logic_estimate"] != "1234"
+    assert (done["fmax_from"], done["fmax_mhz"]) == ("built", "50.0")
+    assert float(done["images_per_s_at_fmax"]) == pytest.approx(50e6 / int(done["image_cycles"]), rel=1e-3)
+    assert main(args) == 0  # resumed: the built point counts, nothing is built again
+    assert len(built) == 1
+    assert {tuple(r[c] for c in explore.KEY_COLUMNS): r for r in read_points(out)[1]} == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--net", "{tmp}/missing"], "the network folder {tmp}/missing does not exist"),
+    (["--net", "{net}", "--rows", "0"], "--rows must be a comma-separated list of positive integers"),
+    (["--net", "{net}", "--cols", "2,x"], "--cols must be a comma-separated list of positive integers"),
+    (["--net", "{net}", "--simd", "12"], "--simd must be a comma-separated list of powers of two"),
+    (["--net", "{net}", "--boards", "nexys"], "unknown board 'nexys'"),
+    ([], "no network to explore"),
+    (["--net", "{net}", "--data", "synthetic=1,8,8,10"], "has 4 classes but --data synthetic=1,8,8,10 has labels up to 9"),
+    (["--runs", "{tmp}/norun"], "the run folder {tmp}/norun does not exist"),
+])
+def test_bad_input_exits_2_with_one_clear_sentence(nets, tmp_path, capsys, args, message):
+    root, _ = nets
+    fill = {"tmp": str(tmp_path), "net": str(root / "multi")}
+    argv = ["explore", *[a.format(**fill) for a in args], "--out", str(tmp_path / "exp")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message.format(**fill) in err
+    assert err.startswith("binforge: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "exp").exists()
