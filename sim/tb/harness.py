@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
@@ -23,7 +24,7 @@ from cocotb.utils import get_sim_time
 from binforge.compiler.ir import pack_bits
 from binforge.sim.cocotb_runner import REPORT_ENV, STIMULUS_ENV
 
-__all__ = ["CLOCK_NS", "Stimulus", "load_stimulus", "start_clock", "reset", "cycles_now", "bits_to_int",
+__all__ = ["CLOCK_NS", "Stimulus", "load_stimulus", "start_clock", "wake_combinational", "reset", "cycles_now", "bits_to_int",
            "signed_fields", "Scoreboard"]
 
 #: Clock period of every testbench (the timescale is 1 ns / 1 ps).
@@ -56,6 +57,38 @@ def load_stimulus() -> Stimulus:
 def start_clock(dut) -> None:
     """Start the ``clk`` clock (``CLOCK_NS`` period)."""
     Clock(dut.clk, CLOCK_NS, unit="ns").start()
+
+
+#: Yosys's Verilog backend gives every module a register named like this, read in every
+#: ``always @*`` block, so that an event on it evaluates them all.
+_WAKE_MARK = "dump_module"
+
+
+def _wake_registers(handle, found: list, depth: int = 0) -> None:
+    for child in handle:
+        name = getattr(child, "_name", "")
+        if _WAKE_MARK in name:
+            found.append(child)
+        elif depth < 32 and type(child).__name__ == "HierarchyObject":
+            _wake_registers(child, found, depth + 1)
+
+
+def wake_combinational(dut) -> int:
+    """Evaluate every ``always @*`` block of an Amaranth (Yosys) design once, on Icarus.
+
+    Yosys initialises a per-module register to 0 so that its ``always @*`` blocks run at
+    time zero, but Icarus applies declaration initialisers without an event; a block
+    whose inputs never change (a decoder of a register that stays at its reset value)
+    then holds X forever. Writing 1 to those registers is the event Yosys meant. Returns
+    how many were written (0 on other simulators, which evaluate everything at start).
+    """
+    if "icarus" not in cocotb.SIM_NAME.lower():
+        return 0
+    found: list = []
+    _wake_registers(dut, found)
+    for handle in found:
+        handle.value = 1
+    return len(found)
 
 
 async def reset(dut, cycles: int = 2) -> None:
