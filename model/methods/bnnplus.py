@@ -32,9 +32,9 @@ from ..quant import hard_sign
 from .ste import (
     CompanionMethod,
     LatentBinaryConv2d,
+    LatentBinaryLayer,
     LatentBinaryLinear,
     MethodOption,
-    _LatentBinaryLayer,
     latent_binary_layers,
 )
 
@@ -191,7 +191,7 @@ class LearnedFilterScale(nn.Module):
         return f"{self.alpha.numel()}, init={self.init!r}"
 
 
-def bnnplus_regularizer(layers: Iterable[_LatentBinaryLayer], kind: str) -> torch.Tensor:
+def bnnplus_regularizer(layers: Iterable[LatentBinaryLayer], kind: str) -> torch.Tensor:
     """``sum_l R(W_l, alpha_l)`` over the layers with a :class:`LearnedFilterScale` (Eq. 4-6).
 
     ``"r1"``: ``sum |alpha_c - |w||``; ``"r2"``: ``sum (alpha_c - |w|)^2``, each
@@ -212,21 +212,22 @@ def bnnplus_regularizer(layers: Iterable[_LatentBinaryLayer], kind: str) -> torc
     return total
 
 
-def bnnplus_layer(kind: str, *args, beta: float = 5.0, trainable_beta: bool = False,
-                  alpha_init: str = "p75", **kwargs) -> _LatentBinaryLayer:
+def bnnplus_layer(kind: str, in_features: int, out_features: int, *geometry: int,
+                  beta: float = 5.0, trainable_beta: bool = False,
+                  alpha_init: str = "p75") -> LatentBinaryLayer:
     """A BNN+ layer: SignSwish gradient for inputs and weights, learned per-filter ``alpha``.
 
-    ``kind`` is ``"conv"`` (``in_ch, out_ch, kernel, stride, padding``) or
-    ``"linear"`` (``in_f, out_f``). Each sign gets its own ``beta``.
+    ``kind`` is ``"conv"`` (``geometry`` = ``kernel, stride, padding``) or
+    ``"linear"`` (no geometry). Inputs and weights get a SignSwish each (each
+    with its own ``beta`` when trainable).
     """
-    out_channels = args[1] if len(args) > 1 else kwargs.get("out_ch", kwargs.get("out_f"))
     common = dict(act_sign=SignSwishSign(beta, trainable_beta),
                   weight_sign=SignSwishSign(beta, trainable_beta),
-                  scaler=LearnedFilterScale(out_channels, alpha_init))
+                  scaler=LearnedFilterScale(out_features, alpha_init))
     if kind == "conv":
-        return LatentBinaryConv2d(*args, **kwargs, **common)
+        return LatentBinaryConv2d(in_features, out_features, *geometry, **common)
     if kind == "linear":
-        return LatentBinaryLinear(*args, **kwargs, **common)
+        return LatentBinaryLinear(in_features, out_features, *geometry, **common)
     raise ValueError(f"layer kind must be 'conv' or 'linear', not {kind!r}")
 
 

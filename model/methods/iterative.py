@@ -38,9 +38,9 @@ from ..arch import LayerFactory
 from .ste import (
     CompanionMethod,
     LatentBinaryConv2d,
+    LatentBinaryLayer,
     LatentBinaryLinear,
     MethodOption,
-    _LatentBinaryLayer,
     latent_binary_layers,
 )
 
@@ -91,7 +91,7 @@ def binarized_count(step: int, steps_per_layer: int, num_layers: int) -> int:
     return min(num_layers, step // max(1, steps_per_layer) + 1)
 
 
-def apply_binarization_state(layers: list[_LatentBinaryLayer], order: list[int], count: int) -> None:
+def apply_binarization_state(layers: list[LatentBinaryLayer], order: list[int], count: int) -> None:
     """Binarize the first ``count`` layers of ``order``; the others multiply by float weights."""
     binary = set(order[:count])
     for index, layer in enumerate(layers):
@@ -176,7 +176,7 @@ class IterativeMethod(CompanionMethod):
         self.order: list[int] | None = None
         self.errors: list[float] | None = None
         self.steps_per_layer = 1
-        self._layers: list[_LatentBinaryLayer] = []
+        self._layers: list[LatentBinaryLayer] = []
         self._hook = None
 
     def layer_factory(self, config: Any) -> LayerFactory:

@@ -41,6 +41,7 @@ from ..train import Method
 
 __all__ = [
     "SteSign",
+    "LatentBinaryLayer",
     "LatentBinaryConv2d",
     "LatentBinaryLinear",
     "latent_binary_layers",
@@ -60,8 +61,12 @@ class SteSign(nn.Module):
         return sign_ste(x)
 
 
-class _LatentBinaryLayer(nn.Module):
-    """What the convolution and linear forms share: signs, scaler, binarization state, export."""
+class LatentBinaryLayer(nn.Module):
+    """What :class:`LatentBinaryConv2d` and :class:`LatentBinaryLinear` share.
+
+    The sign modules, the scaler, the ``weight_binarized`` state, ``init_from_float``,
+    the export and the counts the metrics read (one op, 1-bit weights and inputs).
+    """
 
     weight: nn.Parameter
 
@@ -164,7 +169,7 @@ class _LatentBinaryLayer(nn.Module):
         return int(getattr(self.scaler, "num_scaling_factors", self.out_channels))
 
 
-class LatentBinaryConv2d(_LatentBinaryLayer):
+class LatentBinaryConv2d(LatentBinaryLayer):
     """Binary 2-d convolution with a latent float weight: ``scale * (sign(W) (*) sign(x))``.
 
     The input is binarized first (``+1`` where ``x >= 0``), then padded with
@@ -235,7 +240,7 @@ class LatentBinaryConv2d(_LatentBinaryLayer):
                 f"stride={self.stride}, padding={self.padding}, pad_value={self.pad_value}")
 
 
-class LatentBinaryLinear(_LatentBinaryLayer):
+class LatentBinaryLinear(LatentBinaryLayer):
     """Binary fully connected layer with a latent float weight (the 1 x 1 case of the convolution).
 
     Parameters
@@ -280,19 +285,19 @@ class LatentBinaryLinear(_LatentBinaryLayer):
         return f"{self.in_features}, {self.out_features}"
 
 
-def latent_binary_layers(model: nn.Module) -> list[tuple[str, _LatentBinaryLayer]]:
+def latent_binary_layers(model: nn.Module) -> list[tuple[str, LatentBinaryLayer]]:
     """Every :class:`LatentBinaryConv2d` / :class:`LatentBinaryLinear` of ``model``, in module order."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, _LatentBinaryLayer)]
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LatentBinaryLayer)]
 
 
 @torch.no_grad()
-def clip_latent_weights(layers: Iterable[_LatentBinaryLayer], bound: float = 1.0) -> None:
+def clip_latent_weights(layers: Iterable[LatentBinaryLayer], bound: float = 1.0) -> None:
     """Clamp every layer's latent weight to ``[-bound, bound]`` (BinaryConnect / BNN)."""
     for layer in layers:
         layer.weight.clamp_(-bound, bound)
 
 
-def ste_layer_factory(kind: str, *args, **kwargs) -> _LatentBinaryLayer:
+def ste_layer_factory(kind: str, *args, **kwargs) -> LatentBinaryLayer:
     """A plain BNN layer: ``kind`` is ``"conv"`` (``in_ch, out_ch, kernel, stride, padding``) or ``"linear"``."""
     if kind == "conv":
         return LatentBinaryConv2d(*args, **kwargs)

@@ -36,9 +36,9 @@ from ..export import UnsupportedForHardware
 from .ste import (
     CompanionMethod,
     LatentBinaryConv2d,
+    LatentBinaryLayer,
     LatentBinaryLinear,
     MethodOption,
-    _LatentBinaryLayer,
     float_structure,
 )
 
@@ -210,7 +210,7 @@ class FusedGammaScale(nn.Module):
         return f"case={self.case}, out_hw={self.out_hw}"
 
 
-def xnor_layer(kind: str, *args, input_factor: bool = False, **kwargs) -> _LatentBinaryLayer:
+def xnor_layer(kind: str, *args, input_factor: bool = False, **kwargs) -> LatentBinaryLayer:
     """An XNOR-Net layer (``kind`` ``"conv"``: ``in_ch, out_ch, kernel, stride, padding``; or ``"linear"``)."""
     if kind == "conv":
         layer = LatentBinaryConv2d(*args, **kwargs)
@@ -222,7 +222,7 @@ def xnor_layer(kind: str, *args, input_factor: bool = False, **kwargs) -> _Laten
 
 
 def xnorpp_layer(kind: str, *args, case: int = 1, input_hw: tuple[int, int] | None = None,
-                 **kwargs) -> _LatentBinaryLayer:
+                 **kwargs) -> LatentBinaryLayer:
     """An XNOR-Net++ layer with Gamma of the given case.
 
     Cases 2-4 of a convolution need ``input_hw`` (the layer's input height

@@ -15,7 +15,7 @@ from binforge.model.train import MethodContext, RunConfig, get_method, train
 
 def tiny(method, **overrides):
     settings = dict(data="digits", arch="mlp", width=0.125, method=method, epochs=2,
-                    float_epochs=1, limit_train=160, limit_test=64, batch_size=32)
+                    float_epochs=0, limit_train=128, limit_test=64, batch_size=32)
     settings.update(overrides)
     return RunConfig(**settings)
 
@@ -125,7 +125,7 @@ def test_sensitivity_ranking_is_cached_and_reused(tmp_path, monkeypatch):
     result = train(tiny("iterative", method_options=reuse), tmp_path / "b", progress=False)
     assert result.metrics["iterative"]["order"] == cache["ascending"][::-1]
     with pytest.raises(AssertionError, match="should have been reused"):  # other settings
-        train(tiny("iterative", limit_train=128, method_options=reuse), tmp_path / "c",
+        train(tiny("iterative", limit_train=96, method_options=reuse), tmp_path / "c",
               progress=False)
 
 
