@@ -224,3 +224,19 @@ def test_bad_input_exits_2_with_one_clear_sentence(nets, tmp_path, capsys, args,
     assert message.format(**fill) in err
     assert err.startswith("binforge: error: ") and err.count("\n") == 1
     assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.slow
+def test_build_really_builds_the_pareto_point_for_the_icebreaker(tmp_path):
+    net = random_network(4, in_shape=Shape(1, 4, 4), channels=(2,), num_classes=2, pool=False,
+                         first_weight_planes=1)
+    save(net, tmp_path / "tiny")
+    out = tmp_path / "exp"
+    assert main(["explore", "--net", str(tmp_path / "tiny"), "--rows", "1,2", "--cols", "1", "--simd", "4",
+                 "--boards", "icebreaker", "--build", "1", "--out", str(out)]) == 0
+    _, rows = read_points(out)
+    (done,) = [r for r in rows if r["built"] == "yes"]
+    assert done["resources_from"] == "built" and done["fmax_from"] == "built"
+    assert 0 < int(done["logic"]) <= 5280 and float(done["fmax_mhz"]) > 12.0
+    report = json.loads((out / done["build_dir"] / "report.json").read_text())
+    assert report["built"] is True and (out / done["build_dir"] / report["bitstream"]).stat().st_size > 0
