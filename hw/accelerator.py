@@ -109,16 +109,17 @@ class Accelerator(wiring.Component):
         lane = bit_addr[:log_s] if log_s else 0
         bit = Signal()
         m.d.comb += bit.eq(byte.bit_select(plane, 1))
-        m.d.comb += [seq.load_addr.eq(bit_addr >> log_s),
+        # The writes are registered (the address adder gets a cycle of its own).
+        m.d.sync += [seq.load_addr.eq(bit_addr >> log_s),
                      seq.load_data.eq(bit << lane),
                      seq.load_we.eq(have)]
         # The last bit of a position's channels (padded layout) or of the plane (dense
         # layout) also clears the lanes above it: unused lanes read 0.
         fill = last_pixel if layout.dense else channel == shape.channels - 1
         with m.If(fill):
-            m.d.comb += seq.load_en.eq(((1 << s) - 1) << lane)
+            m.d.sync += seq.load_en.eq(((1 << s) - 1) << lane)
         with m.Else():
-            m.d.comb += seq.load_en.eq(1 << lane)
+            m.d.sync += seq.load_en.eq(1 << lane)
 
         count = Signal(CYCLES_WIDTH)
         m.d.comb += self.cycles.eq(count)

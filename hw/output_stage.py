@@ -52,8 +52,9 @@ class OutputStage(wiring.Component):
     drained : Out(1)
         High in the cycle the layer's last write is issued and nothing is left to drain.
 
-    Latency: a group takes ``drain cycles`` (``plan`` records them) from ``group_done``; its
-    last write leaves 2 cycles after its last read.
+    Latency: a group's reads start the cycle after ``group_done`` and take ``drain``
+    cycles (the plan records them); its last write is issued 3 cycles after its last read
+    (result/constant read, compare, lane placement), with ``drained``.
     """
 
     def __init__(self, plan, descriptor, act_addr_width: int):
@@ -112,11 +113,9 @@ class OutputStage(wiring.Component):
                      last_cols.eq(Mux(pg_last, desc.last_colsl, cols - 1))]
         # Bit address of the column's first channel: plane + position + channel.
         aw = len(self.act_addr) + log_s + 2
-        plane_acc = Signal(aw)
-        pg_acc = Signal(aw)
-        col_acc = Signal(aw)
-        bit_addr = Signal(aw)
-        m.d.comb += bit_addr.eq(plane_acc + pg_acc + col_acc + cg_r)
+        pg_acc = Signal(aw)  # pg * cols * pos_stride
+        plane_base = Signal(aw)  # pg_acc + cg_r + plane * plane_bits
+        bit_addr = Signal(aw)  # plane_base + col * pos_stride
         start_lane = Signal(log_s + 1)
         m.d.comb += start_lane.eq(bit_addr[:log_s] if log_s else 0)
         # affine index pieces: logit index = channel * hw_out + position
@@ -137,7 +136,7 @@ class OutputStage(wiring.Component):
                          pos_aff.eq(0), const_group.eq(desc.const_base)]
         with m.Elif(self.group_done):
             m.d.sync += [busy.eq(1), col.eq(0), row.eq(0), word.eq(0), plane.eq(0),
-                         plane_acc.eq(0), col_acc.eq(0), idx_row.eq(idx_cg),
+                         plane_base.eq(pg_acc + cg_r), bit_addr.eq(pg_acc + cg_r), idx_row.eq(idx_cg),
                          rows_valid.eq(Mux(desc.out_c - cg_r >= rows, rows, desc.out_c - cg_r))]
         with m.Elif(busy):
             with m.If(desc.affine):
@@ -151,10 +150,11 @@ class OutputStage(wiring.Component):
                 with m.If(word == desc.drain_wordsl):
                     m.d.sync += word.eq(0)
                     with m.If(col_done):
-                        m.d.sync += [col.eq(0), col_acc.eq(0), plane.eq(plane + 1),
-                                     plane_acc.eq(plane_acc + desc.out_plane_bits)]
+                        m.d.sync += [col.eq(0), plane.eq(plane + 1),
+                                     plane_base.eq(plane_base + desc.out_plane_bits),
+                                     bit_addr.eq(plane_base + desc.out_plane_bits)]
                     with m.Else():
-                        m.d.sync += [col.eq(col + 1), col_acc.eq(col_acc + desc.out_pos_stride)]
+                        m.d.sync += [col.eq(col + 1), bit_addr.eq(bit_addr + desc.out_pos_stride)]
                 with m.Else():
                     m.d.sync += word.eq(word + 1)
             with m.If(finishing):
@@ -179,6 +179,7 @@ class OutputStage(wiring.Component):
         d1_fill = Signal()
         d1_idx = Signal(32)
         d1_last = Signal()
+        d1_rows_valid = Signal.like(rows_valid)
         # Lanes past the last channel are cleared: in the padded layout the rest of the last
         # channel word of every position, in the dense layout the tail of each plane.
         last_valid_word = (start_lane + rows_valid - 1) >> log_s
@@ -187,7 +188,8 @@ class OutputStage(wiring.Component):
         m.d.sync += [d1_valid.eq(busy & ~self.layer_start), d1_affine.eq(desc.affine), d1_row.eq(row),
                      d1_addr.eq((bit_addr >> log_s) + word),
                      d1_offset.eq(start_lane - word * s), d1_fill.eq(fill),
-                     d1_idx.eq(idx_row + pos_aff + col), d1_last.eq(finishing & cg_last & pg_last)]
+                     d1_idx.eq(idx_row + pos_aff + col), d1_last.eq(finishing & cg_last & pg_last),
+                     d1_rows_valid.eq(rows_valid)]
         with m.Switch(col):
             for c in range(cols):
                 with m.Case(c):
@@ -203,27 +205,12 @@ class OutputStage(wiring.Component):
         entries = [data.View(const_layout, const_rd.data[r * (cvw + 2):(r + 1) * (cvw + 2)])
                    for r in range(rows)]
 
-        # Threshold bits for the column, placed at lanes ``offset + r``.
+        # D1: threshold compares (one per row) and the affine logit of (row, column).
         bits = Signal(rows)
         for r in range(rows):
             p = d1_results[r * pw:(r + 1) * pw].as_signed()
             e = entries[r]
             m.d.comb += bits[r].eq(((p <= e.value) ^ e.flip) & e.valid)
-        lane_data = Signal(s)
-        lane_en = Signal(s)
-        for lane in range(s):
-            k = Signal(signed(len(d1_offset) + 1), name=f"lane{lane}_row")
-            m.d.comb += k.eq(lane - d1_offset)
-            in_group = (k >= 0) & (k < rows_valid)
-            m.d.comb += lane_en[lane].eq((k >= 0) & (in_group | d1_fill))
-            sel = Signal(name=f"lane{lane}_bit")
-            with m.Switch(k):
-                for r in range(rows):
-                    with m.Case(r):
-                        m.d.comb += sel.eq(bits[r])
-            m.d.comb += lane_data[lane].eq(sel & in_group)
-
-        # Affine: the logit of (row, column).
         row_entry = Signal(const_layout)
         with m.Switch(d1_row):
             for r in range(rows):
@@ -232,15 +219,43 @@ class OutputStage(wiring.Component):
         logit = Signal(signed(OUT_DATA_WIDTH))
         m.d.comb += logit.eq(row_entry.value - (d1_one << 1))
 
-        # ---- D2: registered writes --------------------------------------------------------
+        # ---- D2: registered bits / logit; bits placed at lanes ``offset + r`` -----------------
+        d2_bits = Signal(rows)
+        d2_logit = Signal(signed(OUT_DATA_WIDTH))
+        d2_logit_valid = Signal()
+        d2_valid, d2_affine, d2_fill, d2_last = Signal(), Signal(), Signal(), Signal()
+        d2_addr = Signal.like(d1_addr)
+        d2_offset = Signal.like(d1_offset)
+        d2_idx = Signal.like(d1_idx)
+        d2_rows_valid = Signal.like(d1_rows_valid)
+        m.d.sync += [d2_bits.eq(bits), d2_logit.eq(logit), d2_logit_valid.eq(row_entry.valid),
+                     d2_valid.eq(d1_valid & ~self.layer_start), d2_affine.eq(d1_affine),
+                     d2_fill.eq(d1_fill), d2_last.eq(d1_last & ~self.layer_start),
+                     d2_addr.eq(d1_addr), d2_offset.eq(d1_offset), d2_idx.eq(d1_idx),
+                     d2_rows_valid.eq(d1_rows_valid)]
+        lane_data = Signal(s)
+        lane_en = Signal(s)
+        for lane in range(s):
+            k = Signal(signed(len(d2_offset) + 1), name=f"lane{lane}_row")
+            m.d.comb += k.eq(lane - d2_offset)
+            in_group = (k >= 0) & (k < d2_rows_valid)
+            m.d.comb += lane_en[lane].eq((k >= 0) & (in_group | d2_fill))
+            sel = Signal(name=f"lane{lane}_bit")
+            with m.Switch(k):
+                for r in range(rows):
+                    with m.Case(r):
+                        m.d.comb += sel.eq(d2_bits[r])
+            m.d.comb += lane_data[lane].eq(sel & in_group)
+
+        # ---- D3: registered writes --------------------------------------------------------
         m.d.sync += [
-            self.act_we.eq(d1_valid & ~d1_affine & ~self.layer_start),
-            self.act_addr.eq(d1_addr),
+            self.act_we.eq(d2_valid & ~d2_affine & ~self.layer_start),
+            self.act_addr.eq(d2_addr),
             self.act_data.eq(lane_data),
             self.act_en.eq(lane_en),
-            self.logit_we.eq(d1_valid & d1_affine & row_entry.valid & ~self.layer_start),
-            self.logit_addr.eq(d1_idx),
-            self.logit_data.eq(logit),
+            self.logit_we.eq(d2_valid & d2_affine & d2_logit_valid & ~self.layer_start),
+            self.logit_addr.eq(d2_idx),
+            self.logit_data.eq(d2_logit),
         ]
         # Argmax over the logits as they are written: the first index of the maximum.
         best = Signal(signed(OUT_DATA_WIDTH))
@@ -256,7 +271,7 @@ class OutputStage(wiring.Component):
         m.d.comb += self.class_index.eq(best_idx)
 
         # The layer is drained once its last group's last write has been issued.
-        d2_last = Signal()
-        m.d.sync += d2_last.eq(d1_last & ~self.layer_start)
-        m.d.comb += self.drained.eq(d2_last)
+        d3_last = Signal()
+        m.d.sync += d3_last.eq(d2_last & ~self.layer_start)
+        m.d.comb += self.drained.eq(d3_last)
         return m

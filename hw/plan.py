@@ -49,8 +49,9 @@ DEFAULT_RELAY = 4
 # Fixed pipeline costs of the sequencer, in cycles (see docs/hardware.md).
 #: Loading one layer's descriptor.
 LAYER_LOAD_CYCLES = 1
-#: From the last group's done to its drain starting (1) and its last write (read, compute, write).
-DRAIN_TAIL_CYCLES = 3
+#: From the last group's done to the next layer: drain start (1), then after the last read:
+#: result/constant read, compare, lane placement, write (3).
+DRAIN_TAIL_CYCLES = 4
 #: Pool engine: read latency + write register.
 POOL_TAIL_CYCLES = 2
 
@@ -429,8 +430,8 @@ def _compute_cycles(p: ComputePlan, plan: NetworkPlan) -> int:
         guard = p.guard_last if in_last_pg else p.guard_full
         t = last_beat + 1 + guard
     drain = p.drain_last
-    # done of the last group: last beat + 1 (memory read) + array latency
-    done = last_beat + 1 + plan.array_latency
+    # done of the last group: last beat + 1 (window register) + 1 (memory read) + array latency
+    done = last_beat + 2 + plan.array_latency
     return done + drain + DRAIN_TAIL_CYCLES
 
 

@@ -38,7 +38,7 @@ class WindowGenerator(wiring.Component):
     start : In(1)
         Pulse: a layer begins (counters restart).
     beat : Out(1)
-        A beat is issued this cycle (stage A).
+        The outputs hold a beat this cycle.
     addr : Out(cols * addr_width)
         Column ``c``'s activation word address.
     pad : Out(cols)
@@ -53,9 +53,10 @@ class WindowGenerator(wiring.Component):
     finished : Out(1)
         High from the cycle after the layer's last beat until the next ``start``.
 
-    Latency: the first beat is issued the cycle after ``start``; then one beat per cycle,
-    except that a group's first beat waits while the previous group's guard count
-    (descriptor ``guard_full``/``guard_last``) runs down.
+    Latency: the outputs are registered; the first beat is on them 2 cycles after
+    ``start``, then one beat per cycle, except that a group's first beat waits while the
+    previous group's guard count (descriptor ``guard_full``/``guard_last``) runs down.
+    ``finished`` rises with the cycle after the last beat is on the outputs.
     """
 
     def __init__(self, plan, descriptor, addr_width: int, weight_addr_width: int):
@@ -116,8 +117,15 @@ class WindowGenerator(wiring.Component):
         last = (op == d.opl) & (ky == d.khl) & run_end
         stall = first & (guard != 0)
         issue = running & ~stall
-        m.d.comb += [self.beat.eq(issue), self.first.eq(first), self.last.eq(last),
-                     self.finished.eq(~running),
+        # Every output is registered (stage A -> A'): the address adders and pad compares
+        # get a cycle of their own before the memories.
+        finished = Signal(init=1)
+        m.d.comb += self.finished.eq(finished)
+        with m.If(self.start):
+            m.d.sync += finished.eq(0)
+        with m.Else():
+            m.d.sync += finished.eq(~running)
+        m.d.sync += [self.beat.eq(issue & ~self.start), self.first.eq(first), self.last.eq(last),
                      self.gain.eq(op_rd.data[ow + ww:]),
                      self.weight_addr.eq(wgroup + op_rd.data[ow:ow + ww] + in_op),
                      self.pad_word.eq(Mux(j == d.cwl, d.pad_last, d.pad_full))]
@@ -125,7 +133,7 @@ class WindowGenerator(wiring.Component):
         for c in range(cols):
             y = yi0[c] + ky
             x = xi0[c] + kx
-            m.d.comb += [
+            m.d.sync += [
                 self.addr[c * self._addr_width:(c + 1) * self._addr_width].eq(plane_off + base[c] + tap_off),
                 self.pad[c].eq((y < 0) | (y >= d.in_h) | (x < 0) | (x >= d.in_w)),
             ]
