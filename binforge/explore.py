@@ -678,7 +678,7 @@ def run_sweep(networks: Sequence[SweepNetwork], rows: Sequence[int], cols: Seque
         say(f"resuming: {resumed} of {total_points} points already in {out / POINTS_CSV}")
 
     images = labels = None
-    if data is not None and pending:
+    if data is not None and (pending or validate):
         images, labels = _load_data(networks, data, split, limit, data_kwargs or {})
     accuracy: dict[str, float | None] = {}
     for network in networks:  # accuracy already measured (resumed rows) is not measured again
