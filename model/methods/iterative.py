@@ -26,6 +26,7 @@ import copy
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -144,10 +145,13 @@ def sensitivity_errors(model: nn.Module, config: Any, epochs: int,
             schedule = CosineSchedule([optimizer], steps_per_epoch * epochs)
             for epoch in range(epochs):
                 with tqdm(total=steps_per_epoch, desc=f"sensitivity layer {index + 1}/{num_layers} "
-                          f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False) as bar:
+                          f"epoch {epoch + 1}/{epochs}", file=sys.stderr, disable=not progress,
+                          leave=False) as bar:
                     _run_epoch(candidate, optimizer, schedule, None, None, train_x, train_y, config,
                                f"sensitivity-{index}", epoch, bar)
             errors.append(100.0 - evaluate_top1(candidate, val_x, val_y))
+            print(f"sensitivity: layer {index + 1}/{num_layers} binarized alone for {epochs} "
+                  f"epoch(s), held-out error {errors[-1]:.2f}%", file=sys.stderr)
     return errors
 
 
@@ -271,7 +275,7 @@ class IterativeMethod(CompanionMethod):
             if cached.get("format") == SENSITIVITY_FORMAT and cached.get("key") == key:
                 return [float(e) for e in cached["errors"]]
         errors = sensitivity_errors(context.model, context.config, key["epochs"],
-                                    key["validation_fraction"])
+                                    key["validation_fraction"], progress=sys.stderr.isatty())
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
