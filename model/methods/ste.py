@@ -155,7 +155,8 @@ class LatentBinaryLayer(nn.Module):
 
     @property
     def weight_bits(self) -> int:
-        return 1
+        """1, or 32 while the weights are still float (iterative training)."""
+        return 1 if bool(self.weight_binarized) else 32
 
     @property
     def act_bits(self) -> int:

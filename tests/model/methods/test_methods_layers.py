@@ -232,7 +232,9 @@ def test_float_weight_layer_refuses_export_until_binarized():
     torch.testing.assert_close(layer(x), expected)
     with pytest.raises(UnsupportedForHardware, match="not binarized yet"):
         layer.export_binary()
+    assert layer.weight_bits == 32
     layer.weight_binarized.fill_(True)
+    assert layer.weight_bits == 1
     assert layer.export_binary().ops[0][2].tolist() == [1.0, 1.0, 1.0]
 
 
