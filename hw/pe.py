@@ -8,7 +8,7 @@ constant (``acc = bias + K * sum(gains) - 2 * result``), so the PE needs neither
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -220,16 +220,18 @@ class XnorPopcountPE(wiring.Component):
                 m.d.sync += term.eq(-magnitude)
             with m.Else():
                 m.d.sync += term.eq(magnitude)
-        first = Signal(reset_less=True)
         last = Signal(reset_less=True)
-        m.d.sync += [first.eq(self.first), last.eq(self.last)]
+        m.d.sync += last.eq(self.last)
 
+        # ``first`` clears the accumulator (a synchronous reset of its flip-flops, no
+        # multiplexer in front of the adder) the cycle before the first term arrives.
         acc = Signal(signed(self._acc_width), reset_less=True)
         acc_next = Signal(signed(self._acc_width))
-        m.d.comb += acc_next.eq(Const(0, signed(self._acc_width)) + term)
-        with m.If(~first):
-            m.d.comb += acc_next.eq(acc + term)
-        m.d.sync += acc.eq(acc_next)
+        m.d.comb += acc_next.eq(acc + term)
+        with m.If(self.first):
+            m.d.sync += acc.eq(0)
+        with m.Else():
+            m.d.sync += acc.eq(acc_next)
         result = Signal(signed(self._acc_width), reset_less=True)
         with m.If(last):
             m.d.sync += result.eq(acc_next)
