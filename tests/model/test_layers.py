@@ -220,3 +220,21 @@ def test_binary_input_linear_binarizes_by_threshold():
     y.sum().backward()
     assert layer.threshold.grad.item() == pytest.approx(-(1 + 2))  # only |x - t| <= 1 pass
     assert x.grad.tolist() == [[1, 2, 0]]
+
+
+def test_init_from_float_approximates_the_float_layer():
+    """More bases, closer to the float layer (hardtanh then conv) it was initialised from."""
+    torch.manual_seed(5)
+    w = torch.randn(16, 8, 3, 3)
+    x = torch.randn(4, 8, 10, 10)
+    reference = F.conv2d(F.pad(F.hardtanh(2 * x), (1,) * 4, value=-1.0), w)
+
+    def correlation(M, N):
+        layer = MBNConv2d(8, 16, 3, padding=1, M=M, N=N)
+        layer.init_from_float(w)
+        y = layer(x).detach()
+        return torch.corrcoef(torch.stack([y.flatten(), reference.flatten()]))[0, 1].item()
+
+    one, three = correlation(1, 1), correlation(3, 3)
+    assert three > 0.85  # measured 0.91 (one base each: 0.72)
+    assert three > one + 0.1

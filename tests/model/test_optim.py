@@ -115,3 +115,23 @@ def test_gamma_moments_are_amsgrad_state():
     assert u.shape == (2, 2) and (v > 0).any()
     with pytest.raises(ValueError, match="operation-oriented"):
         gamma_moments(opt, MBNLinear(4, 3, scaling="base"))
+
+
+def test_bop_learns_binary_teacher():
+    """BOP alone (no latent weights) fits a layer whose target was made by +-1 weights."""
+    torch.manual_seed(0)
+    teacher = torch.where(torch.randn(4, 32) >= 0, 1.0, -1.0)
+    student = nn.Parameter(torch.where(torch.randn(4, 32) >= 0, 1.0, -1.0))
+    opt = Bop([student], threshold=1e-3, gamma=0.05)
+    x = torch.randn(256, 32)
+    target = x @ teacher.T
+    first = None
+    for _ in range(150):
+        loss = (x @ student.T - target).square().mean()
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert set(student.unique().tolist()) <= {-1.0, 1.0}
+    assert (student == teacher).float().mean() > 0.95
+    assert (x @ student.T - target).square().mean().item() < 0.1 * first
