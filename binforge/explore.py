@@ -53,6 +53,7 @@ __all__ = [
     "PointsTable",
     "parse_positive_list",
     "network_digest",
+    "models_digest",
     "network_from_folder",
     "network_from_run",
     "load_networks",
@@ -76,7 +77,7 @@ PLOT_FILES = ("accuracy_vs_bitops.png", "cycles_vs_logic.png", "images_per_secon
 
 #: Columns of ``points.csv``, in order.
 POINT_COLUMNS: tuple[str, ...] = (
-    "network", "net_hash", "source", "data", "rows", "cols", "simd", "lanes", "board", "device",
+    "network", "net_hash", "source", "data", "models", "rows", "cols", "simd", "lanes", "board", "device",
     "accuracy", "bit_ops", "array_bit_ops", "ops_per_layer",
     "cycles", "ideal_cycles", "image_cycles",
     "logic", "logic_estimate", "logic_unit", "logic_available", "bram_blocks", "bram_available",
@@ -85,7 +86,7 @@ POINT_COLUMNS: tuple[str, ...] = (
     "validated", "sim_cycles", "sim_image_cycles", "built", "build_dir", "error",
 )
 #: A point is identified by these columns; resuming skips keys already in the file.
-KEY_COLUMNS: tuple[str, ...] = ("net_hash", "data", "rows", "cols", "simd", "board")
+KEY_COLUMNS: tuple[str, ...] = ("net_hash", "data", "models", "rows", "cols", "simd", "board")
 
 #: Fmax of the bare XNOR-popcount array with registered adder trees, by device, from the
 #: calibration builds in MACHINE_NOTES / docs/boards.md (YoWASP flow, one seed). The whole
@@ -249,16 +250,34 @@ def golden_accuracy(net: Network, images: np.ndarray, labels: np.ndarray) -> flo
     return 100.0 * float(np.mean(predictions == np.asarray(labels))) if len(labels) else float("nan")
 
 
+def models_digest() -> str:
+    """First 12 hex digits of a hash of the models behind the figures: the source of the
+    cycle model (:mod:`binforge.hw.plan`) and of the fit model (:mod:`binforge.boards.fit`)
+    and :data:`FMAX_ESTIMATE_MHZ`. Points made with other models are computed again."""
+    import inspect
+
+    import binforge.boards.fit as fit_model
+    import binforge.hw.plan as cycle_model
+
+    h = hashlib.sha256()
+    for module in (cycle_model, fit_model):
+        h.update(inspect.getsource(module).encode())
+    h.update(json.dumps(FMAX_ESTIMATE_MHZ, sort_keys=True).encode())
+    return h.hexdigest()[:12]
+
+
 def _fmt(value: float | None, digits: int) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def evaluate_shape(network: SweepNetwork, rows: int, cols: int, simd: int, boards: Sequence[Board], *,
-                   data_label: str = "", accuracy: float | None = None) -> list[dict[str, str]]:
+                   data_label: str = "", accuracy: float | None = None,
+                   models: str | None = None) -> list[dict[str, str]]:
     """The table rows of one network on one R x C x S array, one per board (estimates)."""
     net = network.net
     base = {
         "network": network.label, "net_hash": network.digest, "source": network.source, "data": data_label,
+        "models": models if models is not None else models_digest(),
         "rows": str(rows), "cols": str(cols), "simd": str(simd), "lanes": str(rows * cols * simd),
         "accuracy": _fmt(accuracy, 2), "bit_ops": str(bit_ops(net)), "array_bit_ops": str(array_bit_ops(net)),
         "ops_per_layer": " ".join(str(len(layer.ops)) for layer in net.compute_layers),
@@ -375,16 +394,26 @@ def _usable(row: dict[str, str]) -> bool:
     return not row.get("error") and row.get("cycles", "") != "" and row.get("logic", "") != ""
 
 
-def front_keys(rows: Iterable[dict[str, str]]) -> set[tuple[str, ...]]:
-    """Keys of the points on the (cycles, logic) Pareto front of their board, fitting points only."""
-    by_board: dict[str, list[dict[str, str]]] = {}
+def front_keys(rows: Iterable[dict[str, str]], *, per_network: bool = False,
+               with_accuracy: bool = True) -> set[tuple[str, ...]]:
+    """Keys of the Pareto-optimal fitting points of each board (of each board and network
+    with ``per_network``).
+
+    The objectives are fewest cycles, least logic and, when ``with_accuracy`` and every
+    point of the group has a measured accuracy, the highest accuracy: the co-design
+    front, on which a slower point stays if its network is more accurate.
+    """
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
     for row in rows:
         if _usable(row) and row.get("fits") == "yes":
-            by_board.setdefault(row["board"], []).append(row)
+            group = (row["board"], row["network"]) if per_network else (row["board"],)
+            groups.setdefault(group, []).append(row)
     keys = set()
-    for board_rows in by_board.values():
-        idx = pareto_front([(int(r["cycles"]), int(r["logic"])) for r in board_rows])
-        keys.update(_key(board_rows[i]) for i in idx)
+    for members in groups.values():
+        use_accuracy = with_accuracy and all(r.get("accuracy") for r in members)
+        points = [(int(r["cycles"]), int(r["logic"])) + ((-float(r["accuracy"]),) if use_accuracy else ())
+                  for r in members]
+        keys.update(_key(members[i]) for i in pareto_front(points))
     return keys
 
 
@@ -500,6 +529,7 @@ def plot_sweep(rows: Sequence[dict[str, str]], out: str | os.PathLike) -> list[P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     out = Path(out)
     usable = [r for r in rows if _usable(r)]
@@ -522,6 +552,7 @@ def plot_sweep(rows: Sequence[dict[str, str]], out: str | os.PathLike) -> list[P
     ax.set_ylabel("top-1 accuracy, golden model (%)" if have_accuracy else "no accuracy (no --data)")
     if any(int(r["bit_ops"]) > 0 for r in per_net.values()):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
     data = next((r["data"] for r in per_net.values() if r["data"]), "")
     ax.set_title(f"Accuracy vs Bit-OPs{' on ' + data if data else ''}")
     ax.grid(alpha=0.3)
@@ -534,6 +565,8 @@ def plot_sweep(rows: Sequence[dict[str, str]], out: str | os.PathLike) -> list[P
     boards = sorted({r["board"] for r in rows})
     fig, axes = plt.subplots(1, max(1, len(boards)), figsize=(5.2 * max(1, len(boards)), 4.4), squeeze=False)
     front = front_keys(usable)
+    network_fronts = front_keys(usable, per_network=True, with_accuracy=False)
+    with_accuracy = bool(usable) and all(r["accuracy"] for r in usable)
     for ax, board in zip(axes[0], boards, strict=False):
         board_rows = [r for r in usable if r["board"] == board]
         for name in networks:
@@ -544,12 +577,15 @@ def plot_sweep(rows: Sequence[dict[str, str]], out: str | os.PathLike) -> list[P
                        s=22, label=name, zorder=3)
             ax.scatter([int(r["logic"]) for r in nofit], [int(r["cycles"]) for r in nofit], s=22,
                        facecolors="none", edgecolors=[colors[name]], zorder=2)
-        on_front = sorted((int(r["logic"]), int(r["cycles"])) for r in board_rows if _key(r) in front)
+            steps = sorted((int(r["logic"]), int(r["cycles"])) for r in fit if _key(r) in network_fronts)
+            if steps:
+                ax.plot([p[0] for p in steps], [p[1] for p in steps], "-", color=colors[name], lw=1,
+                        drawstyle="steps-post", zorder=4)
+        on_front = [(int(r["logic"]), int(r["cycles"])) for r in board_rows if _key(r) in front]
         if on_front:
-            ax.plot([p[0] for p in on_front], [p[1] for p in on_front], "k-", lw=1, drawstyle="steps-post",
-                    zorder=4)
+            what = "cycles, logic, accuracy" if with_accuracy else "cycles, logic"
             ax.scatter([p[0] for p in on_front], [p[1] for p in on_front], s=70, facecolors="none",
-                       edgecolors="k", zorder=5, label="Pareto front (fitting)")
+                       edgecolors="k", zorder=5, label=f"Pareto front ({what})")
         available = next((int(r["logic_available"]) for r in board_rows if r["logic_available"]), None)
         if available:
             ax.axvline(available, color="r", ls="--", lw=1, label="device size")
@@ -557,9 +593,12 @@ def plot_sweep(rows: Sequence[dict[str, str]], out: str | os.PathLike) -> list[P
         sources = {r["resources_from"] for r in board_rows}
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"logic ({unit}, {'/'.join(sorted(sources))})")
         ax.set_ylabel("cycles per image (analytic)")
-        ax.set_title(f"{board}: latency vs logic (hollow: does not fit)", fontsize=10)
+        ax.set_title(f"{board}: latency vs logic (hollow: does not fit;\nlines: each network's own front)",
+                     fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -663,12 +702,13 @@ def run_sweep(networks: Sequence[SweepNetwork], rows: Sequence[int], cols: Seque
     out = Path(out)
     table = PointsTable(out / POINTS_CSV)  # the folder appears with the first finished point
     data_label = "" if data is None else f"{data}:{split}:{limit if limit else 'all'}"
+    models = models_digest()
     shapes = [(r, c, s) for r in rows for c in cols for s in simd]
 
     pending = []
     for network in networks:
         for r, c, s in shapes:
-            keys = [(network.digest, data_label, str(r), str(c), str(s), b.name) for b in board_objects]
+            keys = [(network.digest, data_label, models, str(r), str(c), str(s), b.name) for b in board_objects]
             missing = [b for b, k in zip(board_objects, keys, strict=True) if k not in table]
             if missing:
                 pending.append((network, (r, c, s), missing))
@@ -695,14 +735,14 @@ def run_sweep(networks: Sequence[SweepNetwork], rows: Sequence[int], cols: Seque
             accuracy[network.digest] = golden_accuracy(network.net, images, labels)
         bar.set_postfix_str(f"{network.label} {r}x{c}x{s}")
         new_rows = evaluate_shape(network, r, c, s, missing, data_label=data_label,
-                                  accuracy=accuracy.get(network.digest))
+                                  accuracy=accuracy.get(network.digest), models=models)
         table.put(*new_rows)
         computed += len(new_rows)
         bar.update(len(new_rows))
     bar.close()
 
     by_digest = {n.digest: n for n in networks}
-    sweep_keys = {(n.digest, data_label, str(r), str(c), str(s), b.name)
+    sweep_keys = {(n.digest, data_label, models, str(r), str(c), str(s), b.name)
                   for n in networks for r, c, s in shapes for b in board_objects}
     validations = _validate(table, sweep_keys, by_digest, validate, images, say) if validate else []
     builds = _build(table, sweep_keys, by_digest, build, out, progress, say) if build else []
@@ -733,8 +773,8 @@ def run_sweep(networks: Sequence[SweepNetwork], rows: Sequence[int], cols: Seque
 
 
 def _sort_key(key: tuple[str, ...]) -> tuple:
-    digest, data, r, c, s, board = key
-    return (digest, data, board, int(r), int(c), int(s))
+    digest, data, models, r, c, s, board = key
+    return (digest, data, models, board, int(r), int(c), int(s))
 
 
 def _validate(table, sweep_keys, by_digest, k, images, say):

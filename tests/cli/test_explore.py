@@ -139,6 +139,14 @@ def test_resume_skips_finished_points(nets, tmp_path, monkeypatch):
     assert plans == [] and goldens == []
     assert read_points(out)[1] == second
 
+    # another cycle or fit model (its source changed): every point is estimated again,
+    # the measured accuracy is kept
+    monkeypatch.setattr(explore, "models_digest", lambda: "other-models")
+    assert sweep(nets, out) == 0
+    assert len(plans) == 16 and goldens == []
+    _, third = read_points(out)
+    assert len(third) == 64 and sum(r["models"] == "other-models" for r in third) == 32
+
 
 def test_pareto_front_on_a_hand_built_set():
     points = [(1, 5), (2, 2), (5, 1), (3, 3), (2, 2), (6, 6), (1, 6), (5, 2)]
@@ -151,11 +159,22 @@ def test_pareto_front_on_a_hand_built_set():
         return {"net_hash": "n", "data": "", "rows": str(cycles), "cols": "1", "simd": "8", "board": board,
                 "cycles": str(cycles), "logic": str(logic), "fits": fits, "error": "", **extra}
 
+    def rows_and_boards(keys):
+        index = explore.KEY_COLUMNS.index
+        return {(k[index("rows")], k[index("board")]) for k in keys}
+
     rows = [row("a", 100, 10), row("a", 50, 20), row("a", 60, 30), row("a", 10, 5, fits="no"),
             row("b", 70, 20), row("b", 80, 10)]
-    front = explore.front_keys(rows)
     # per board, fitting points only: a's (10, 5) does not fit, (60, 30) is dominated
-    assert {(k[2], k[5]) for k in front} == {("100", "a"), ("50", "a"), ("70", "b"), ("80", "b")}
+    assert rows_and_boards(explore.front_keys(rows)) == {("100", "a"), ("50", "a"), ("70", "b"), ("80", "b")}
+
+    # with accuracy, a slower and bigger point of a more accurate network stays on the front
+    rows = [row("a", 100, 10, network="n1", accuracy="90"), row("a", 50, 20, network="n1", accuracy="90"),
+            row("a", 60, 30, network="n2", accuracy="95"), row("a", 70, 40, network="n2", accuracy="95")]
+    assert rows_and_boards(explore.front_keys(rows)) == {("100", "a"), ("50", "a"), ("60", "a")}
+    assert rows_and_boards(explore.front_keys(rows, with_accuracy=False)) == {("100", "a"), ("50", "a")}
+    assert rows_and_boards(explore.front_keys(rows, per_network=True, with_accuracy=False)) == {
+        ("100", "a"), ("50", "a"), ("60", "a")}
 
 
 def test_validate_checks_cycles_and_logits_in_simulation(tmp_path):
