@@ -1,14 +1,28 @@
 """The golden model: executes a network IR with exactly the hardware's integer arithmetic.
 
 Everything the hardware computes is checked against this module. Activations are
-bit planes; every binary convolution is an XNOR-popcount over packed uint64 words
-(:func:`binforge.compiler.ir.xnor_dot`), vectorised over the batch and the output
-positions. Integer arithmetic only: no float enters after the pixels.
+bit planes. A compute layer's accumulators are computed one of two ways, which
+give identical integers (the tests check one against the other and both against
+plain +-1 loops):
+
+- ``method="popcount"``: every binary convolution is an XNOR-popcount over packed
+  uint64 words (:func:`binforge.compiler.ir.xnor_dot`), times its integer gain:
+  the hardware's own arithmetic, vectorised over the batch and output positions;
+- ``method="matmul"`` (the default, several times faster): the same sum regrouped as
+  one matrix product of +-1 activations (all planes side by side) with integer
+  effective weights ``E_n = sum over ops on plane n of gain * W_m``. Every product
+  and every partial sum is an integer no larger in magnitude than the layer's
+  reach ``sum |gain| * K`` (at most ``2**47``, see ``ir.MAX_ACC_WIDTH``), so BLAS
+  computes it exactly in float64 (float32 when the reach is below ``2**24``), in
+  any summation order. The result is converted back to int64.
+
+No float value ever rounds: thresholds, flips, pooling and logits are integers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,10 +37,17 @@ from binforge.compiler.ir import (
     popcount,
 )
 
-__all__ = ["GoldenResult", "run_network", "run_layer", "conv_windows", "layer_accumulators"]
+__all__ = ["GoldenResult", "METHODS", "run_network", "run_layer", "conv_windows", "layer_accumulators"]
 
 #: Images per chunk; bounds the memory of the XOR/popcount intermediate.
 DEFAULT_CHUNK = 256
+#: The two ways of computing accumulators (identical integers).
+METHODS = ("matmul", "popcount")
+#: Bytes of the +-1 activation matrix of one matrix product (the rows are split to fit).
+MATMUL_BYTES = 32 << 20
+#: Integers up to this magnitude are exact in float32 / float64.
+FLOAT32_EXACT = 1 << 24
+FLOAT64_EXACT = 1 << 53
 
 
 @dataclass(frozen=True)
@@ -73,11 +94,16 @@ def conv_windows(planes: np.ndarray, kernel: int, stride: int, padding: int, pad
     return win.reshape(n, p, ho, wo, c * kernel * kernel)
 
 
-def layer_accumulators(layer: ConvLayer | LinearLayer, planes: np.ndarray) -> np.ndarray:
+def layer_accumulators(layer: ConvLayer | LinearLayer, planes: np.ndarray, method: str = "matmul") -> np.ndarray:
     """The integer accumulators of one compute layer for input bit planes ``(N, P, C, H, W)``.
 
-    Returns int64 ``(N, Co, Ho, Wo)`` (``Ho = Wo = 1`` for linear layers).
+    Returns int64 ``(N, Co, Ho, Wo)`` (``Ho = Wo = 1`` for linear layers); ``method``
+    is ``"matmul"`` or ``"popcount"`` (see the module docstring), same integers.
     """
+    if method == "matmul":
+        return _accumulators_matmul(layer, planes)
+    if method != "popcount":
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     k = layer.fan_in
     if layer.kind == "conv":
         windows = conv_windows(planes, layer.kernel, layer.stride, layer.padding, layer.pad_bit)
@@ -99,6 +125,168 @@ def layer_accumulators(layer: ConvLayer | LinearLayer, planes: np.ndarray) -> np
     return acc.transpose(0, 3, 1, 2)
 
 
+def _effective_weights(layer: ConvLayer | LinearLayer) -> tuple[list[int], np.ndarray]:
+    """The activation planes the ops read, and int64 ``E (planes, Co, K)``: ``E[i]`` is
+    ``sum over ops on plane i of gain * W_m`` (+-1 weights), an exact integer array."""
+    k, co = layer.fan_in, layer.out_channels
+    act_planes = sorted({op.act_plane for op in layer.ops})
+    signs = layer.weights.reshape(layer.weight_planes, co, k).astype(np.int64) * 2 - 1
+    effective = np.zeros((len(act_planes), co, k), dtype=np.int64)
+    where = {plane: i for i, plane in enumerate(act_planes)}
+    for op in layer.ops:
+        effective[where[op.act_plane]] += op.gain * signs[op.weight_plane]
+    return act_planes, effective
+
+
+def _plane_multiples(effective: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """When every ``E[i] = m[i] * base`` with integers ``m`` (the bit-serial first layer:
+    ``m = 2**i``), return ``(m, base)``: then ``sum_i E[i] a_i = base (sum_i m[i] a_i)``."""
+    flat = effective.reshape(effective.shape[0], -1)
+    ref = int(np.abs(flat).max(axis=1).argmax())
+    row = flat[ref]
+    if not np.any(row):
+        return None
+    divisor = int(np.gcd.reduce(np.abs(row[row != 0])))
+    base = row // divisor
+    pivot = int(np.flatnonzero(base)[0])
+    multiples = flat[:, pivot] // base[pivot]
+    if not np.array_equal(multiples[:, None] * base[None, :], flat):
+        return None
+    return multiples, base.reshape(effective.shape[1:])
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What the matmul method derives from a layer's weights once (cached per layer)."""
+
+    dtype: type
+    act_planes: list[int]
+    effective: np.ndarray  # (planes or 1, Co, K) int64
+    plane_weights: np.ndarray | None  # (P,) integer multiples when the planes combine
+    offset: float
+    matrices: dict = field(default_factory=dict)  # weight matrices by layout, made on first use
+
+    def matrix(self, layout: str, make) -> np.ndarray:
+        if layout not in self.matrices:
+            self.matrices[layout] = np.ascontiguousarray(make(self.effective).astype(self.dtype))
+        return self.matrices[layout]
+
+
+#: Per-layer preparations; layers are immutable, so a layer's entry never goes stale.
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _prepare(layer: ConvLayer | LinearLayer) -> _Prepared:
+    prepared = _PREPARED.get(layer)
+    if prepared is not None:
+        return prepared
+    reach = sum(abs(op.gain) for op in layer.ops) * layer.fan_in
+    if reach >= FLOAT64_EXACT:  # pragma: no cover - acc_width <= 48 rules this out
+        raise IRError(f"layer {layer.name!r}: accumulators reach {reach}, beyond exact float64 arithmetic")
+    dtype = np.float32 if reach < FLOAT32_EXACT else np.float64
+    act_planes, effective = _effective_weights(layer)
+    # The activations as integers: +-1 per plane, or one combined value per input when the
+    # effective weights of the planes are integer multiples of one base (exact either way).
+    factored = _plane_multiples(effective) if len(act_planes) > 1 else None
+    plane_weights, offset = None, 0.0
+    if factored is not None:
+        multiples, effective = factored[0], factored[1][None]
+        plane_weights, offset = multiples * 2, float(multiples.sum())
+    prepared = _Prepared(dtype, act_planes, effective, plane_weights, offset)
+    _PREPARED[layer] = prepared
+    return prepared
+
+
+def _accumulators_matmul(layer: ConvLayer | LinearLayer, planes: np.ndarray) -> np.ndarray:
+    prepared = _prepare(layer)
+    dtype, act_planes, effective = prepared.dtype, prepared.act_planes, prepared.effective
+    factored = prepared.plane_weights is not None
+    if factored:
+        weights_of_planes = prepared.plane_weights.astype(dtype).reshape(1, -1, 1, 1, 1)
+        offset = dtype(prepared.offset)
+    co, n = layer.out_channels, planes.shape[0]
+    selected = planes[:, act_planes]
+    if layer.kind == "linear":
+        flat = selected.reshape(n, len(act_planes), layer.fan_in)
+        if factored:
+            values = (flat.astype(dtype) * weights_of_planes[:, :, :, 0, 0]).sum(axis=1) - offset
+        else:
+            values = flat.reshape(n, -1).astype(dtype) * 2 - 1
+        weight_matrix = prepared.matrix("linear", lambda e: e.transpose(0, 2, 1).reshape(-1, co))
+        out = (values @ weight_matrix).astype(np.int64) + np.asarray(layer.bias, dtype=np.int64)
+        return out.reshape(n, co, 1, 1)
+
+    pad, kern, stride = layer.padding, layer.kernel, layer.stride
+    if pad:
+        selected = np.pad(selected, ((0, 0), (0, 0), (0, 0), (pad, pad), (pad, pad)),
+                          constant_values=np.uint8(layer.pad_bit))
+    if factored:
+        values = (selected.astype(dtype) * weights_of_planes).sum(axis=1) - offset  # (N, C, Hp, Wp)
+    else:
+        values = selected.reshape(n, -1, *selected.shape[3:]).astype(dtype) * 2 - 1  # (N, P*C, Hp, Wp)
+    depth, hp, wp = values.shape[1:]
+    ho, wo = layer.out_shape.height, layer.out_shape.width
+    # Two exact ways to one product; pick the one that moves fewer numbers.
+    shifted_cost = hp * wp * kern * kern * co * (1 + depth / 8)
+    window_cost = ho * wo * depth * kern * kern * (1 + co / 8)
+
+    def kernel_first(e):  # (D, C, k, k) per output channel -> (D, k, k, Co) flattened below
+        return e.reshape(e.shape[0], co, layer.in_shape.channels, kern, kern).transpose(0, 2, 3, 4, 1)
+
+    if shifted_cost <= window_cost:
+        matrix = prepared.matrix("shifted", lambda e: kernel_first(e).reshape(depth, kern * kern * co))
+        out = _conv_shifted(values, matrix, kern, stride, ho, wo)
+    else:
+        matrix = prepared.matrix("windows", lambda e: kernel_first(e).reshape(depth * kern * kern, co))
+        out = _conv_windows(values, matrix, kern, stride, ho, wo)
+    out += np.asarray(layer.bias, dtype=np.int64)
+    return out.transpose(0, 3, 1, 2)
+
+
+def _images_per_step(bytes_per_image: int) -> int:
+    return max(1, MATMUL_BYTES // max(1, bytes_per_image))
+
+
+def _conv_shifted(values, matrix, kern, stride, ho, wo) -> np.ndarray:
+    """Product of the channels-last activations with the weights of every kernel offset side
+    by side (``matrix (D, k * k * Co)``), then the ``k * k`` shifted slices summed
+    (small kernels, large images)."""
+    n, depth, hp, wp = values.shape
+    co = matrix.shape[1] // (kern * kern)
+    dtype = matrix.dtype
+    values = np.ascontiguousarray(values.transpose(0, 2, 3, 1))  # (N, Hp, Wp, D)
+    out = np.empty((n, ho, wo, co), dtype=np.int64)
+    step = _images_per_step(hp * wp * kern * kern * co * np.dtype(dtype).itemsize)
+    for first in range(0, n, step):
+        part = values[first:first + step]
+        products = (part.reshape(-1, depth) @ matrix).reshape(part.shape[0], hp, wp, kern, kern, co)
+        total = np.zeros((part.shape[0], ho, wo, co), dtype=dtype)
+        for ky in range(kern):
+            for kx in range(kern):
+                total += products[:, ky:ky + (ho - 1) * stride + 1:stride, kx:kx + (wo - 1) * stride + 1:stride,
+                                  ky, kx]
+        out[first:first + step] = total.astype(np.int64)
+    return out
+
+
+def _conv_windows(values, matrix, kern, stride, ho, wo) -> np.ndarray:
+    """Product of the unfolded windows ``(N * Ho * Wo, D * k * k)`` with the weights
+    (``matrix (D * k * k, Co)``; large kernels)."""
+    n, depth = values.shape[:2]
+    co = matrix.shape[1]
+    dtype = matrix.dtype
+    win = np.lib.stride_tricks.sliding_window_view(values, (kern, kern), axis=(2, 3))
+    win = win[:, :, : (ho - 1) * stride + 1 : stride, : (wo - 1) * stride + 1 : stride]
+    win = win.transpose(0, 2, 3, 1, 4, 5)  # (N, Ho, Wo, D, k, k)
+    out = np.empty((n, ho, wo, co), dtype=np.int64)
+    step = _images_per_step(ho * wo * depth * kern * kern * np.dtype(dtype).itemsize)
+    for first in range(0, n, step):
+        part = win[first:first + step]
+        out[first:first + step] = (part.reshape(-1, depth * kern * kern) @ matrix).reshape(
+            part.shape[0], ho, wo, co).astype(np.int64)
+    return out
+
+
 def _threshold(layer: ConvLayer | LinearLayer, acc: np.ndarray) -> np.ndarray:
     out = layer.output
     t = np.asarray(out.thresholds, dtype=np.int64)[None, :, :, None, None]  # (1, P, Co, 1, 1)
@@ -115,11 +303,11 @@ def _maxpool(layer: MaxPoolLayer, planes: np.ndarray) -> np.ndarray:
     return win[:, :, :, :oh, :ow].max(axis=(5, 6))
 
 
-def run_layer(layer, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def run_layer(layer, planes: np.ndarray, method: str = "matmul") -> tuple[np.ndarray, np.ndarray | None]:
     """Run one layer on its input bit planes; return ``(output, accumulators or None)``."""
     if layer.kind == "maxpool":
         return _maxpool(layer, planes), None
-    acc = layer_accumulators(layer, planes)
+    acc = layer_accumulators(layer, planes, method)
     if layer.output.kind == "threshold":
         out = _threshold(layer, acc)
         if layer.kind == "linear":
@@ -129,11 +317,15 @@ def run_layer(layer, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]
 
 
 def run_network(net: Network, images: np.ndarray, *, return_layers: bool = False,
-                chunk: int = DEFAULT_CHUNK) -> GoldenResult:
+                chunk: int = DEFAULT_CHUNK, method: str = "matmul") -> GoldenResult:
     """Run uint8 images ``(N, C, H, W)`` through ``net``; integer results, bit-exact.
 
     ``return_layers`` keeps every layer's output and accumulators (for RTL debugging).
+    ``method`` picks how accumulators are computed (``"matmul"`` or ``"popcount"``;
+    identical integers, see the module docstring).
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     images = np.asarray(images)
     expected = net.input_shape.as_tuple()
     if images.ndim != 4 or images.shape[1:] != expected:
@@ -144,7 +336,7 @@ def run_network(net: Network, images: np.ndarray, *, return_layers: bool = False
         outs, accs = [], []
         x = planes
         for layer in net.layers:
-            x, acc = run_layer(layer, x)
+            x, acc = run_layer(layer, x, method)
             if return_layers:
                 outs.append(x)
                 accs.append(acc)

@@ -21,3 +21,13 @@ def write_stimulus(path: Path, meta: dict, **arrays) -> Path:
     """An npz stimulus file: the arrays plus ``meta`` as a json string."""
     np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
     return path
+
+
+def memory_image(bits, layout):
+    """(planes, C, H, W) bits -> the activation memory's words in ``layout`` (bit b at word b // S)."""
+    planes, c, h, w = bits.shape
+    total = layout.words * layout.simd
+    flat = np.zeros(total, np.uint8)
+    n, ch, y, x = np.nonzero(bits)
+    flat[n * layout.plane_words * layout.simd + (y * w + x) * layout.pos_stride + ch] = 1
+    return flat.reshape(layout.words, layout.simd)

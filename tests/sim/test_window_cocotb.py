@@ -4,7 +4,7 @@ accumulators for every channel and position (the same sums the array would form)
 
 import numpy as np
 import pytest
-from stimulus_files import convert, write_stimulus
+from stimulus_files import convert, memory_image, write_stimulus
 
 from binforge.compiler.ir import Shape, pack_bits, pixel_planes, popcount
 from binforge.compiler.random_network import random_network
@@ -22,16 +22,6 @@ ROWS, COLS, SIMD = 3, 2, 2  # two channel words for 3 channels: multi-word windo
 def window_network():
     """7x7 input: padded first conv, 2x2 max-pool, 3x3 conv (two planes), stride-2 conv, linear."""
     return random_network(8, in_shape=Shape(1, 7, 7), channels=(3, 5, 4), act_planes=(2, 1, 2))
-
-
-def memory_image(bits, layout):
-    """(planes, C, H, W) bits -> the activation memory's words in ``layout`` (bit b at word b // S)."""
-    planes, c, h, w = bits.shape
-    total = layout.words * layout.simd
-    flat = np.zeros(total, np.uint8)
-    n, ch, y, x = np.nonzero(bits)
-    flat[n * layout.plane_words * layout.simd + (y * w + x) * layout.pos_stride + ch] = 1
-    return flat.reshape(layout.words, layout.simd)
 
 
 def accumulators_from_beats(rec, p, plan, mem_bits, weight_bits, gain_of):
