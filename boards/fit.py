@@ -22,7 +22,8 @@ from binforge.errors import BinforgeError
 
 from .platforms import Board
 
-__all__ = ["MemoryNeed", "FitEstimate", "LOGIC_MODEL", "BRAM_SHAPES", "estimate_fit", "check_fit"]
+__all__ = ["MemoryNeed", "FitEstimate", "LOGIC_MODEL", "BRAM_SHAPES", "bram_blocks", "gain_logic",
+           "estimate_logic", "estimate_fit", "check_fit", "BLOCK_COST", "LOGIC_BIT_COST"]
 
 #: Block RAM (depth, width) configurations per family.
 BRAM_SHAPES: dict[str, tuple[tuple[int, int], ...]] = {
@@ -31,19 +32,53 @@ BRAM_SHAPES: dict[str, tuple[tuple[int, int], ...]] = {
     "xilinx7": ((512, 72), (1024, 36), (2048, 18), (4096, 9), (8192, 4), (16384, 2), (32768, 1)),
 }
 
-#: Logic model per family: cells (iCE40) or LUTs per XNOR-popcount lane, per bit of PE
-#: accumulator (accumulator + result register), and the fixed cost of everything else.
-#: Lanes and accumulator bits: MACHINE_NOTES' bare-array calibration; fixed: see docs/boards.md.
+#: Logic model per family, in LUT4s (iCE40, ECP5) or LUT6s (Xilinx 7), fitted to
+#: hierarchical Yosys statistics of whole builds (docs/RESULTS.md, "Boards"):
+#: per XNOR-popcount lane (XOR + popcount tree); per PE accumulator bit (adder, result
+#: and term registers); per array column (window address generation, buffer read and
+#: pad muxes) plus per column lane; a fixed part (sequencer, output stage, pool engine,
+#: loader, host link, UART); ``cell_factor`` turns LUTs into the device's logic cells
+#: (iCE40: flip-flops and carries that get a cell of their own).
 LOGIC_MODEL: dict[str, dict[str, float]] = {
-    "ice40": {"per_lane": 4.0, "per_acc_bit": 2.0, "fixed": 900.0},
-    "ecp5": {"per_lane": 3.7, "per_acc_bit": 1.5, "fixed": 900.0},
-    "xilinx7": {"per_lane": 2.5, "per_acc_bit": 1.0, "fixed": 700.0},
+    "ice40": {"per_lane": 5.5, "per_acc_bit": 2.0, "per_column": 300.0, "per_column_lane": 2.7,
+              "fixed": 1560.0, "cell_factor": 1.2},
+    "ecp5": {"per_lane": 5.0, "per_acc_bit": 2.0, "per_column": 300.0, "per_column_lane": 2.7,
+             "fixed": 1560.0, "cell_factor": 1.0},
+    "xilinx7": {"per_lane": 3.0, "per_acc_bit": 1.0, "per_column": 200.0, "per_column_lane": 2.0,
+                "fixed": 1100.0, "cell_factor": 1.0},
 }
+
+
+def gain_logic(gain_format, simd: int) -> float:
+    """LUTs of one PE's gain: negate, barrel shift or constant-width multiply of the count."""
+    count_bits = simd.bit_length()
+    term_bits = (simd * gain_format.largest).bit_length() + 1
+    if gain_format.kind == "sign":
+        return float(term_bits)
+    if gain_format.kind == "shift":
+        stages = max(1, (gain_format.largest.bit_length() - 1).bit_length())
+        return float(term_bits * stages)
+    return float(count_bits * gain_format.shape.width)
+
+
+def estimate_logic(plan, family: str) -> float:
+    """Logic cells (iCE40) or LUTs the accelerator and its host link take, by the model."""
+    model = LOGIC_MODEL[family]
+    lanes = plan.rows * plan.cols * plan.simd
+    pes = plan.rows * plan.cols
+    per_pe = plan.pe_width * model["per_acc_bit"] + gain_logic(plan.gain_format, plan.simd)
+    luts = (lanes * model["per_lane"] + pes * per_pe
+            + plan.cols * (model["per_column"] + model["per_column_lane"] * plan.simd) + model["fixed"])
+    return luts * model["cell_factor"]
 
 
 @dataclass(frozen=True)
 class MemoryNeed:
-    """One memory of the design (``copies`` identical ones) and the block RAMs it takes."""
+    """One memory of the design (``copies`` identical ones) and the block RAMs it takes.
+
+    ``in_logic``: small enough that synthesis builds it from LUTs and flip-flops
+    instead (then ``blocks`` is 0).
+    """
 
     name: str
     width: int
@@ -51,6 +86,7 @@ class MemoryNeed:
     copies: int
     bits: int
     blocks: int
+    in_logic: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,30 +121,54 @@ def bram_blocks(family: str, width: int, depth: int) -> int:
     return min(math.ceil(depth / d) * math.ceil(width / w) for d, w in BRAM_SHAPES[family])
 
 
-def _memories(plan) -> list[tuple[str, int, int, int]]:
-    """(name, width, depth, copies) of each memory the sequencer builds."""
+#: Memory mapping costs, as Yosys's memory_libmap weighs them (fitted to where real
+#: builds put each memory): a block RAM per family, and a bit of memory built from soft
+#: logic (ROM; RAM: a flip-flop per bit on iCE40, distributed LUT RAM elsewhere). A
+#: memory goes where it costs less.
+BLOCK_COST = {"ice40": 64.0, "ecp5": 128.0, "xilinx7": 128.0}
+LOGIC_BIT_COST = {"rom": 1.0 / 8, "ram": {"ice40": 1.0, "ecp5": 1.0 / 16, "xilinx7": 1.0 / 32}}
+#: LUTs per bit of a memory built from soft logic (a 4-input LUT holds 16 ROM bits).
+LOGIC_BITS_PER_LUT = 16
+
+
+def _memories(plan) -> list[tuple[str, str, int, int, int]]:
+    """(name, rom/ram, width, depth, copies) of each memory the sequencer builds."""
     from binforge.hw.plan import OUT_DATA_WIDTH
 
     s = plan.simd
     return [
-        ("weights", plan.rows * s, int(len(plan.weight_rom)), 1),
-        ("thresholds_and_biases", plan.const_width, int(len(plan.const_rom)), 1),
+        ("weights", "rom", plan.rows * s, int(len(plan.weight_rom)), 1),
+        ("thresholds_and_biases", "rom", plan.const_width, int(len(plan.const_rom)), 1),
         # Each activation buffer is replicated once per array column.
-        ("activations_0", s, plan.buffer_depths[0], plan.cols),
-        ("activations_1", s, plan.buffer_depths[1], plan.cols),
-        ("logits", OUT_DATA_WIDTH, plan.logits_depth, 1),
+        ("activations_0", "ram", s, plan.buffer_depths[0], plan.cols),
+        ("activations_1", "ram", s, plan.buffer_depths[1], plan.cols),
+        ("logits", "ram", OUT_DATA_WIDTH, plan.logits_depth, 1),
     ]
+
+
+def _memory_need(family: str, name: str, kind: str, width: int, depth: int, copies: int) -> MemoryNeed:
+    blocks = bram_blocks(family, width, depth)
+    bit_cost = LOGIC_BIT_COST["rom"] if kind == "rom" else LOGIC_BIT_COST["ram"][family]
+    in_logic = width * depth * bit_cost <= blocks * BLOCK_COST[family]
+    return MemoryNeed(name, width, depth, copies, copies * width * depth,
+                      0 if in_logic else copies * blocks, in_logic)
+
+
+def _memory_logic(need: MemoryNeed, family: str) -> float:
+    """LUTs (or iCE40 cells) a memory built from soft logic takes."""
+    if not need.in_logic:
+        return 0.0
+    if family == "ice40" and (need.name.startswith("activations") or need.name == "logits"):
+        return float(need.bits)  # one flip-flop (a cell) per bit
+    return need.bits / LOGIC_BITS_PER_LUT
 
 
 def estimate_fit(plan, board: Board) -> FitEstimate:
     """Estimate the block RAMs and logic ``plan`` (a ``NetworkPlan``) takes on ``board``."""
     family = board.family
-    needs = [MemoryNeed(name, w, d, copies, copies * w * d, copies * bram_blocks(family, w, d))
-             for name, w, d, copies in _memories(plan)]
-    model = LOGIC_MODEL[family]
+    needs = [_memory_need(family, *memory) for memory in _memories(plan)]
     lanes = plan.rows * plan.cols * plan.simd
-    pes = plan.rows * plan.cols
-    logic = lanes * model["per_lane"] + pes * plan.pe_width * model["per_acc_bit"] + model["fixed"]
+    logic = estimate_logic(plan, family) + sum(_memory_logic(m, family) for m in needs)
     res = board.resources
     return FitEstimate(
         board=board.name, device=board.device, rows=plan.rows, cols=plan.cols, simd=plan.simd,

@@ -65,7 +65,7 @@ def test_user_tool_variables_are_kept(monkeypatch):
 
 @pytest.mark.parametrize("board_name", ["icebreaker", "ulx3s-85f", "orangecrab", "ice40-hx8k"])
 def test_open_flow_plan_has_constraints_and_tool_options(net, board_name, tmp_path):
-    report = build_for_board(net, 4, 4, 8, board_name, tmp_path / "out", do_build=False, clock_mhz=80,
+    report = build_for_board(net, 2, 2, 8, board_name, tmp_path / "out", do_build=False, clock_mhz=80,
                              progress=False)
     build = tmp_path / "out" / "build"
     commands = json.loads((build / "build_binforge.json").read_text())["commands"]
@@ -81,7 +81,7 @@ def test_open_flow_plan_has_constraints_and_tool_options(net, board_name, tmp_pa
     else:
         assert "FREQUENCY PORT" in constraints and "80000000" in constraints
     assert report["built"] is False and report["clock"]["target_mhz"] == 80
-    assert report["cycles_per_image"] == analytic_cycles(plan_network(net, 4, 4, 8))["total"]
+    assert report["cycles_per_image"] == analytic_cycles(plan_network(net, 2, 2, 8))["total"]
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["command"] == "build" and saved["board"] == board_name
 

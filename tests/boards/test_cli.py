@@ -94,14 +94,24 @@ def test_run_names_a_port_it_cannot_open(tmp_path, capsys):
 
 def test_build_plan_only_from_a_hw_folder(hw_folder, tmp_path, capsys):
     folder, net = hw_folder
-    status = main(["build", str(folder), "--board", "icebreaker", "--clock-mhz", "75", "--plan-only",
+    status = main(["build", str(folder), "--board", "ulx3s-85f", "--clock-mhz", "150", "--plan-only",
                    "--out", str(tmp_path / "build")])
     assert status == 0
     report = json.loads((tmp_path / "build" / "report.json").read_text())
     assert report["network"] == net.name and (report["rows"], report["cols"], report["simd"]) == (4, 4, 8)
-    assert report["clock"]["target_mhz"] == 75
-    assert (tmp_path / "build" / "build" / "binforge.pcf").is_file()
+    assert report["clock"]["target_mhz"] == 150
+    assert "FREQUENCY PORT" in (tmp_path / "build" / "build" / "binforge.lpf").read_text()
     assert "estimate" in capsys.readouterr().out
+
+
+def test_build_refuses_what_does_not_fit_before_any_tool_runs(hw_folder, tmp_path, capsys):
+    folder, _ = hw_folder
+    status = main(["build", str(folder), "--board", "icebreaker", "--out", str(tmp_path / "build")])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "binforge: error: the design does not fit the iCEBreaker: the 4x4x8 array (128 lanes) needs about" in err
+    assert "logic cells but the iCE40UP5K-SG48 has 5280" in err
+    assert not (tmp_path / "build").exists() and not (tmp_path / "build.failed").exists()
 
 
 def test_build_refuses_a_folder_without_hw_json(tmp_path, capsys):

@@ -1,0 +1,31 @@
+"""A real iCE40 build with the YoWASP tools (slow: a minute or two warm, more on the first run)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from binforge.boards.build import build_for_board
+from binforge.compiler.ir import Shape
+from binforge.compiler.random_network import random_network
+
+
+@pytest.mark.slow
+def test_icebreaker_bitstream_with_utilisation_and_fmax(tmp_path):
+    net = random_network(1, in_shape=Shape(1, 6, 6), channels=(4, 4), num_classes=4)
+    report = build_for_board(net, 2, 2, 8, "icebreaker", tmp_path / "build", clock_mhz=30, progress=False)
+    out = tmp_path / "build"
+    bitstream = out / "binforge.bin"
+    assert report["built"] is True and bitstream.is_file() and bitstream.stat().st_size > 100_000
+    lc = report["utilisation"]["logic_cells"]
+    assert lc["cell"] == "ICESTORM_LC" and lc["available"] == 5280 and 500 < lc["used"] <= 5280
+    assert report["utilisation"]["bram"]["used"] >= 1
+    assert 0 < report["utilisation"]["flip_flops"]["used"] <= lc["used"]
+    fmax = report["fmax_mhz"]["cd_sync.clk"]
+    assert 5 < fmax < 300 and report["target_mhz"]["cd_sync.clk"] == 30
+    path = report["critical_paths"][0]
+    assert path["delay_ns"] > 0 and path["start"] and path["end"]
+    assert report["images_per_second_at_fmax"] == pytest.approx(fmax * 1e6 / report["cycles_per_image"], rel=1e-3)
+    assert [s["name"] for s in report["steps"]] == ["synthesis (Yosys)", "place and route (nextpnr-ice40)",
+                                                    "bitstream (icepack)"]
+    assert json.loads((out / "report.json").read_text())["fmax_sync_mhz"] == round(fmax, 2)
