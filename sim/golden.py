@@ -25,7 +25,6 @@ import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from binforge.compiler.ir import (
     ConvLayer,
     IRError,
@@ -199,7 +198,7 @@ def _prepare(layer: ConvLayer | LinearLayer) -> _Prepared:
 
 def _accumulators_matmul(layer: ConvLayer | LinearLayer, planes: np.ndarray) -> np.ndarray:
     prepared = _prepare(layer)
-    dtype, act_planes, effective = prepared.dtype, prepared.act_planes, prepared.effective
+    dtype, act_planes = prepared.dtype, prepared.act_planes
     factored = prepared.plane_weights is not None
     if factored:
         weights_of_planes = prepared.plane_weights.astype(dtype).reshape(1, -1, 1, 1, 1)

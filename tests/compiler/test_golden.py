@@ -1,12 +1,17 @@
 """The golden model against an independent brute-force reference: plain +-1 integer loops."""
 
 import numpy as np
+import pytest
+from binforge.compiler import ir
+from binforge.compiler.random_network import (
+    first_layer_ops,
+    random_conv,
+    random_linear,
+    random_network,
+)
+from binforge.sim.golden import run_layer, run_network
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from binforge.compiler import ir
-from binforge.compiler.random_network import first_layer_ops, random_conv, random_linear, random_network
-from binforge.sim.golden import run_layer, run_network
 
 
 def brute_conv(layer: ir.ConvLayer, planes: np.ndarray) -> np.ndarray:
@@ -149,3 +154,73 @@ def test_extremes_stay_within_recorded_width():
     k = layer.fan_in
     _, acc_match = run_layer(layer, np.ones((1, 1) + shape.as_tuple(), dtype=np.uint8))
     assert (acc_match[0, :, 0, 0] == (7 - 5) * k + layer.bias).all()
+
+
+# ---- the two accumulator methods give the same integers ------------------------------
+
+
+@given(seed=st.integers(0, 2**32 - 1), kernel=st.integers(1, 6), stride=st.sampled_from([1, 2, 3]),
+       padding=st.integers(0, 2), planes=st.integers(1, 4), weight_planes=st.integers(1, 3))
+@settings(max_examples=60, deadline=None)
+def test_matmul_equals_popcount_and_brute_force(seed, kernel, stride, padding, planes, weight_planes):
+    """Both conv paths of the matmul method (shifted slices for small kernels, unfolded
+    windows for large ones) against XNOR-popcount and plain loops."""
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(kernel, kernel + 5))
+    shape = ir.Shape(int(rng.integers(1, 20)), size, size + int(rng.integers(0, 2)))
+    layer = random_conv(rng, shape, planes, int(rng.integers(1, 9)), kernel=kernel, stride=stride,
+                        padding=padding, weight_planes=weight_planes)
+    x = rng.integers(0, 2, (3, planes) + shape.as_tuple()).astype(np.uint8)
+    _, by_matmul = run_layer(layer, x, "matmul")
+    _, by_popcount = run_layer(layer, x, "popcount")
+    assert by_matmul.dtype == np.int64
+    assert (by_matmul == by_popcount).all()
+    assert (by_matmul == brute_conv(layer, x)).all()
+
+
+@given(seed=st.integers(0, 2**32 - 1), weight_planes=st.integers(1, 8), kernel=st.sampled_from([3, 8]))
+@settings(max_examples=20, deadline=None)
+def test_bit_serial_first_layer_both_methods(seed, weight_planes, kernel):
+    """The first layer's planes combine into 2x - 255 (the factored path); with 8-bit weights
+    and a whole-image kernel the reach passes 2**24, so float64 is used: still exact."""
+    rng = np.random.default_rng(seed)
+    shape = ir.Shape(int(rng.integers(1, 4)), 8, 8)
+    layer = random_conv(rng, shape, ir.INPUT_PLANES, 4, kernel=kernel, padding=int(kernel == 3),
+                        weight_planes=weight_planes, ops=first_layer_ops(weight_planes))
+    images = rng.integers(0, 256, (3,) + shape.as_tuple()).astype(np.uint8)
+    images[0] = 255
+    planes = ir.pixel_planes(images)
+    _, by_matmul = run_layer(layer, planes, "matmul")
+    _, by_popcount = run_layer(layer, planes, "popcount")
+    assert (by_matmul == by_popcount).all()
+
+
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=10, deadline=None)
+def test_whole_network_both_methods(seed):
+    net = random_network(seed, in_shape=ir.Shape(1, 9, 9), channels=(5, 6, 4), act_planes=(3, 2, 1))
+    images = np.random.default_rng(seed).integers(0, 256, (5, 1, 9, 9)).astype(np.uint8)
+    a = run_network(net, images, return_layers=True, method="matmul")
+    b = run_network(net, images, return_layers=True, method="popcount")
+    assert (a.logits == b.logits).all()
+    for x, y in zip(a.layers, b.layers, strict=True):
+        assert (x == y).all()
+
+
+def test_large_gains_use_exact_float64():
+    """A reach beyond 2**24 (float32's exact integers) is computed in float64, exactly."""
+    rng = np.random.default_rng(3)
+    shape = ir.Shape(40, 3, 3)
+    layer = random_linear(rng, shape, 2, 3, weight_planes=2, ops=(ir.Op(0, 0, (1 << 20) + 1), ir.Op(1, 1, -3)))
+    assert sum(abs(op.gain) for op in layer.ops) * layer.fan_in > 1 << 24
+    x = rng.integers(0, 2, (6, 2) + shape.as_tuple()).astype(np.uint8)
+    _, by_matmul = run_layer(layer, x, "matmul")
+    _, by_popcount = run_layer(layer, x, "popcount")
+    assert (by_matmul == by_popcount).all()
+    assert (by_matmul[:, :, 0, 0] == brute_linear(layer, x)).all()
+
+
+def test_unknown_method_is_refused():
+    net = random_network(0)
+    with pytest.raises(ValueError, match="method must be one of matmul, popcount, not 'fast'"):
+        run_network(net, np.zeros((1, 1, 8, 8), dtype=np.uint8), method="fast")
