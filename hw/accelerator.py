@@ -11,7 +11,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from binforge.compiler.ir import INPUT_PLANES, Network
 
-from .plan import DEFAULT_RELAY, OUT_DATA_WIDTH, NetworkPlan, plan_network
+from .plan import DEFAULT_GAIN_MODE, DEFAULT_RELAY, OUT_DATA_WIDTH, NetworkPlan, plan_network
 from .sequencer import LayerSequencer
 
 __all__ = ["Accelerator", "ResultLayout", "CYCLES_WIDTH"]
@@ -37,6 +37,9 @@ class Accelerator(wiring.Component):
         Bits per PE per cycle, a positive power of two.
     relay : int
         PEs per relay register in the array (default 4).
+    gain_mode : str
+        ``"shift"`` (default): gains that are not powers of two run as one op per signed
+        digit, the PEs only shift; ``"multiply"``: PEs multiply, every op runs once.
 
     Members
     -------
@@ -59,10 +62,11 @@ class Accelerator(wiring.Component):
     Loading takes 8 cycles per pixel (one per bit plane) plus the source's stalls.
     """
 
-    def __init__(self, net: Network, rows: int, cols: int, simd: int, relay: int = DEFAULT_RELAY):
+    def __init__(self, net: Network, rows: int, cols: int, simd: int, relay: int = DEFAULT_RELAY,
+                 gain_mode: str = DEFAULT_GAIN_MODE):
         if not isinstance(net, Network):
             raise TypeError(f"net must be a binforge.compiler.ir.Network, not {type(net).__name__}")
-        self._plan = plan_network(net, rows, cols, simd, relay)
+        self._plan = plan_network(net, rows, cols, simd, relay, gain_mode)
         self._sequencer = LayerSequencer(self._plan)
         super().__init__({
             "pixels": In(stream.Signature(8)),

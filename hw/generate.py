@@ -13,7 +13,7 @@ from amaranth.back import verilog
 from binforge.compiler.ir import Network
 
 from .accelerator import CYCLES_WIDTH, Accelerator
-from .plan import DEFAULT_RELAY, OUT_DATA_WIDTH, analytic_cycles, plan_network
+from .plan import DEFAULT_GAIN_MODE, DEFAULT_RELAY, OUT_DATA_WIDTH, analytic_cycles, plan_network
 from .top import BinforgeTop
 
 __all__ = ["generate", "describe", "PORTS", "TOP_NAME", "VERILOG_FILE", "HW_JSON"]
@@ -61,6 +61,7 @@ def describe(plan, cycles: dict) -> dict:
         "lanes": plan.rows * plan.cols * plan.simd,
         "pe_width": plan.pe_width,
         "gain_format": plan.gain_format.kind,
+        "gains": list(plan.gain_format.gains),
         "array_latency": plan.array_latency,
         "memory_bits": plan.memory_bits(),
         "memory_bits_total": sum(plan.memory_bits().values()),
@@ -75,19 +76,19 @@ def describe(plan, cycles: dict) -> dict:
 
 
 def generate(net: Network, rows: int, cols: int, simd: int, out_dir, *, relay: int = DEFAULT_RELAY,
-             max_bram_bits: int | None = None) -> dict:
+             gain_mode: str = DEFAULT_GAIN_MODE, max_bram_bits: int | None = None) -> dict:
     """Write ``binforge_top.v`` and ``hw.json`` for ``net`` on an R x C x S array into ``out_dir``.
 
     Raises ValueError when the network cannot be mapped (bad parameters, widths, or
     memories beyond ``max_bram_bits``). Returns hw.json's content.
     """
-    plan = plan_network(net, rows, cols, simd, relay)
+    plan = plan_network(net, rows, cols, simd, relay, gain_mode)
     bits = sum(plan.memory_bits().values())
     if max_bram_bits is not None and bits > max_bram_bits:
         detail = ", ".join(f"{k} {v}" for k, v in plan.memory_bits().items())
         raise ValueError(f"the network needs {bits} bits of on-chip memory ({detail}), more than "
                          f"the {max_bram_bits} allowed")
-    top = BinforgeTop(Accelerator(net, rows, cols, simd, relay=relay))
+    top = BinforgeTop(Accelerator(net, rows, cols, simd, relay=relay, gain_mode=gain_mode))
     text = verilog.convert(top, name=TOP_NAME, emit_src=False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

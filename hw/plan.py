@@ -32,12 +32,13 @@ from binforge.compiler.ir import (
     LinearLayer,
     MaxPoolLayer,
     Network,
+    Op,
     signed_width,
 )
 
 from .pe import GainFormat, popcount_depth
 
-__all__ = ["ComputePlan", "PoolPlan", "NetworkPlan", "TensorLayout", "plan_network", "tensor_layouts",
+__all__ = ["GAIN_MODES", "DEFAULT_GAIN_MODE", "signed_digits", "expand_gains", "ComputePlan", "PoolPlan", "NetworkPlan", "TensorLayout", "plan_network", "tensor_layouts",
            "analytic_cycles",
            "OUT_DATA_WIDTH", "DEFAULT_RELAY"]
 
@@ -45,6 +46,9 @@ __all__ = ["ComputePlan", "PoolPlan", "NetworkPlan", "TensorLayout", "plan_netwo
 OUT_DATA_WIDTH = 32
 #: PEs driven by one relay register in the array.
 DEFAULT_RELAY = 4
+#: How PEs apply gains that are not powers of two (see :func:`plan_network`).
+GAIN_MODES = ("shift", "multiply")
+DEFAULT_GAIN_MODE = "shift"
 
 # Fixed pipeline costs of the sequencer, in cycles (see docs/hardware.md).
 #: Loading one layer's descriptor.
@@ -245,8 +249,29 @@ def tensor_layouts(net: Network, simd: int) -> list[TensorLayout]:
     return layouts
 
 
+def signed_digits(gain: int) -> list[int]:
+    """``gain`` as a sum of signed powers of two with the fewest terms (non-adjacent form)."""
+    digits, value, k = [], int(gain), 0
+    while value:
+        if value & 1:
+            d = 2 - (value & 3)  # +1 or -1
+            digits.append(d << k)
+            value -= d
+        value >>= 1
+        k += 1
+    return digits
+
+
+def expand_gains(ops, gain_mode: str):
+    """The ops the array runs: with ``gain_mode="shift"`` an op whose gain is not a power of
+    two becomes one op per signed digit of its gain (same planes), so the PEs only shift."""
+    if gain_mode == "multiply":
+        return tuple(ops)
+    return tuple(Op(op.weight_plane, op.act_plane, d) for op in ops for d in signed_digits(op.gain))
+
+
 def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_base,
-                  in_layout: TensorLayout, out_layout: TensorLayout | None):
+                  in_layout: TensorLayout, out_layout: TensorLayout | None, gain_mode: str):
     in_c, in_h, in_w = layer.in_shape.as_tuple()
     if layer.kind == "conv":
         kh = kw = layer.kernel
@@ -259,7 +284,7 @@ def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_b
     out_c, out_h, out_w = out.as_tuple()
     affine = layer.output.kind == "affine"
     out_planes = 0 if affine else layer.out_planes
-    ops = layer.ops
+    ops = expand_gains(layer.ops, gain_mode)
     used = sorted({op.weight_plane for op in ops})
     cg_count = math.ceil(out_c / rows)
     positions = out_h * out_w
@@ -358,9 +383,17 @@ def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_b
     )
 
 
-def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEFAULT_RELAY) -> NetworkPlan:
-    """Map ``net`` onto an R x C x S array; raise ValueError for what cannot be mapped."""
+def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEFAULT_RELAY,
+                 gain_mode: str = DEFAULT_GAIN_MODE) -> NetworkPlan:
+    """Map ``net`` onto an R x C x S array; raise ValueError for what cannot be mapped.
+
+    ``gain_mode``: ``"shift"`` (default) runs an op with a gain that is not a power of two
+    once per signed digit of the gain, so PEs need shifters only; ``"multiply"`` gives the
+    PEs a multiplier and runs every op once.
+    """
     check_geometry(rows, cols, simd)
+    if gain_mode not in GAIN_MODES:
+        raise ValueError(f"gain_mode must be one of {', '.join(GAIN_MODES)}, not {gain_mode!r}")
     _check_positive("relay", relay)
     if not isinstance(net, Network):
         raise TypeError(f"net must be a binforge.compiler.ir.Network, not {type(net).__name__}")
@@ -379,7 +412,7 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
             continue
         out_layout = layouts[i + 1] if i + 1 < len(layouts) else None
         plan = _compute_plan(i, layer, rows, cols, simd, max_skew, weight_base, const_base,
-                             layouts[i], out_layout)
+                             layouts[i], out_layout, gain_mode)
         layers.append(plan)
         weight_base += len(plan.weight_words)
         const_base += plan.const_entries
@@ -440,23 +473,27 @@ def _pool_cycles(p: PoolPlan) -> int:
 
 
 def analytic_cycles(net_or_plan, rows: int | None = None, cols: int | None = None,
-                    simd: int | None = None) -> dict:
+                    simd: int | None = None, *, relay: int = DEFAULT_RELAY,
+                    gain_mode: str = DEFAULT_GAIN_MODE) -> dict:
     """Predicted cycles per layer and in total (the hardware's ``cycles`` counter).
 
     Returns ``{"layers": [{"name", "kind", "cycles", "ideal", ...}], "total": int,
     "ideal": int}``; ``ideal`` is ``ops * ceil(Co/R) * ceil(positions/C) * beats/ops``,
     the busy-array cycles alone.
     """
-    plan = net_or_plan if isinstance(net_or_plan, NetworkPlan) else plan_network(net_or_plan, rows, cols, simd)
+    if isinstance(net_or_plan, NetworkPlan):
+        plan = net_or_plan
+    else:
+        plan = plan_network(net_or_plan, rows, cols, simd, relay, gain_mode)
     rows_, total, ideal_total = [], 1, 0  # +1: the sequencer's start cycle
     for p in plan.layers:
         if p.kind == "compute":
             cycles = _compute_cycles(p, plan)
             ideal = p.groups * p.beats
             rows_.append({"name": p.layer.name, "kind": p.layer.kind, "cycles": cycles, "ideal": ideal,
-                          "ops": p.ops, "channel_groups": p.channel_groups,
+                          "ops": p.ops, "ir_ops": len(p.layer.ops), "channel_groups": p.channel_groups,
                           "position_groups": p.position_groups, "beats_per_group": p.beats,
-                          "utilisation": round(p.layer.out_shape.size * p.fan_in * p.ops
+                          "utilisation": round(p.layer.out_shape.size * p.fan_in * len(p.layer.ops)
                                                / (cycles * plan.rows * plan.cols * plan.simd), 4)})
         else:
             cycles = _pool_cycles(p)

@@ -30,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="bits per PE per cycle, a power of two (default 32)")
     parser.add_argument("--relay", type=int, default=4, metavar="N",
                         help="PEs fed by one relay register (default 4)")
+    parser.add_argument("--gains", choices=["shift", "multiply"], default="shift",
+                        help="shift (default): a gain that is not a power of two runs as one op per "
+                        "signed digit, PEs only shift; multiply: PEs multiply, each op runs once")
     parser.add_argument("--max-bram", type=int, default=None, metavar="KBIT",
                         help="refuse networks needing more on-chip memory than KBIT kilobits "
                         "(1 kbit = 1024 bits; iCE40UP5K has 120, ECP5-85 3744)")
@@ -50,9 +53,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         with atomic_output_dir(args.out) as folder:
             desc = generate(net, args.rows, args.cols, args.simd, folder, relay=args.relay,
-                            max_bram_bits=limit)
+                            gain_mode=args.gains, max_bram_bits=limit)
             write_report(folder, "hw", network=net.name, rows=args.rows, cols=args.cols,
-                         simd=args.simd, relay=args.relay, lanes=desc["lanes"],
+                         simd=args.simd, relay=args.relay, gains=args.gains,
+                         gain_format=desc["gain_format"], lanes=desc["lanes"],
                          cycles=desc["cycles"]["total"], ideal_cycles=desc["cycles"]["ideal"],
                          memory_bits=desc["memory_bits_total"], verilog=desc["verilog"])
     except ValueError as exc:

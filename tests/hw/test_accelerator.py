@@ -18,24 +18,25 @@ def images_for(net, count, seed):
     return images
 
 
-def check(net, rows, cols, simd, count=1, stall_seed=None):
+def check(net, rows, cols, simd, count=1, stall_seed=None, gain_mode="shift"):
     images = images_for(net, count, rows * 7 + cols)
     golden = run_network(net, images)
-    acc = Accelerator(net, rows, cols, simd)
+    acc = Accelerator(net, rows, cols, simd, gain_mode=gain_mode)
+    assert acc.plan.gain_format.kind == ("multiply" if gain_mode == "multiply" else "shift")
     classes, logits, cycles = run_accelerator(acc, images, stall_seed=stall_seed)
     np.testing.assert_array_equal(logits, golden.logits)
     np.testing.assert_array_equal(classes, golden.predictions)
-    assert cycles == [analytic_cycles(net, rows, cols, simd)["total"]] * count
+    assert cycles == [analytic_cycles(net, rows, cols, simd, gain_mode=gain_mode)["total"]] * count
 
 
-@pytest.mark.parametrize("seed,rows,cols,simd,stall", [
-    (3, 1, 1, 1, None),
-    (4, 4, 2, 8, 4),
-    (5, 3, 5, 2, 5),
-    (6, 5, 1, 16, None),
+@pytest.mark.parametrize("seed,rows,cols,simd,stall,gain_mode", [
+    (3, 1, 1, 1, None, "shift"),
+    (4, 4, 2, 8, 4, "multiply"),
+    (5, 3, 5, 2, 5, "shift"),
+    (6, 5, 1, 16, None, "multiply"),
 ])
-def test_random_network_matches_golden(seed, rows, cols, simd, stall):
-    check(small_network(seed), rows, cols, simd, stall_seed=stall)
+def test_random_network_matches_golden(seed, rows, cols, simd, stall, gain_mode):
+    check(small_network(seed), rows, cols, simd, stall_seed=stall, gain_mode=gain_mode)
 
 
 def test_two_images_back_to_back_with_back_pressure():

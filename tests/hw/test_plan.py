@@ -5,7 +5,13 @@ import pytest
 from binforge.compiler import ir
 from binforge.compiler.random_network import random_conv, random_linear
 from binforge.hw.accelerator import Accelerator
-from binforge.hw.plan import analytic_cycles, plan_network, tensor_layouts
+from binforge.hw.plan import (
+    analytic_cycles,
+    expand_gains,
+    plan_network,
+    signed_digits,
+    tensor_layouts,
+)
 from networks import linear_stack_network, small_network
 
 
@@ -57,3 +63,27 @@ def test_cycle_model_counts_ideal_beats():
             assert row["ideal"] == p.ops * p.channel_groups * p.position_groups * p.kh * p.kw * p.cw_in
             assert row["cycles"] >= row["ideal"] + plan.array_latency
     assert cycles["total"] == 1 + sum(row["cycles"] for row in cycles["layers"])
+
+
+@pytest.mark.parametrize("gain", [1, -1, 2, 3, -3, 7, 139, 195, -16384, 1023])
+def test_signed_digits_sum_to_the_gain(gain):
+    digits = signed_digits(gain)
+    assert sum(digits) == gain
+    assert all(abs(d) & (abs(d) - 1) == 0 for d in digits)
+    # non-adjacent: no two digits in neighbouring bit positions
+    positions = sorted(abs(d).bit_length() for d in digits)
+    assert all(b - a >= 2 for a, b in zip(positions, positions[1:], strict=False))
+
+
+def test_shift_mode_expands_ops_and_multiply_keeps_them():
+    ops = (ir.Op(0, 1, 139), ir.Op(1, 0, -4))
+    assert [op.gain for op in expand_gains(ops, "shift")] == [-1, -4, 16, 128, -4]
+    assert expand_gains(ops, "multiply") == ops
+    net = small_network(4)
+    assert plan_network(net, 2, 2, 4, gain_mode="multiply").gain_format.kind == "multiply"
+    assert plan_network(net, 2, 2, 4).gain_format.kind == "shift"
+
+
+def test_unknown_gain_mode_is_refused(rejects):
+    rejects(ValueError, "gain_mode must be one of shift, multiply, not 'fast'",
+            plan_network, small_network(1), 2, 2, 4, gain_mode="fast")

