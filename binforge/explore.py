@@ -521,7 +521,8 @@ def plot_sweep(rows: Sequence[dict[str, str]], out: str | os.PathLike) -> list[P
 
     - ``accuracy_vs_bitops.png``: one point per network (Bit-OPs; accuracy where measured);
     - ``cycles_vs_logic.png``: per board, cycles against logic of every mapped point,
-      hollow where it does not fit, the Pareto front of the fitting points as a line;
+      hollow where it does not fit, each network's own front as a step line and the
+      co-design front (:func:`front_keys`) circled;
     - ``images_per_second.png``: per board and network, the best images/s of a fitting
       point (at Fmax where the device has one, else at the board's clock).
     """
@@ -596,7 +597,7 @@ def plot_sweep(rows: Sequence[dict[str, str]], out: str | os.PathLike) -> list[P
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"logic ({unit}, {'/'.join(sorted(sources))})")
-        ax.set_ylabel("cycles per image (analytic)")
+        ax.set_ylabel("cycles, first layer to logits (analytic)")
         ax.set_title(f"{board}: latency vs logic (hollow: does not fit;\nlines: each network's own front)",
                      fontsize=9)
         ax.grid(alpha=0.3, which="both")

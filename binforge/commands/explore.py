@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     for n in report["networks"]:
         acc = f", top-1 {n['accuracy']:.2f}%" if n["accuracy"] is not None else ""
         print(f"  {n['label']}: {n['bit_ops']} Bit-OPs{acc}")
-    print(f"  Pareto front (cycles vs logic, fitting): {len(report['pareto_front'])} points")
+    print(f"  co-design Pareto front (fitting points; cycles, logic, accuracy): "
+          f"{len(report['pareto_front'])} points")
     for point in report["pareto_front"][:8]:
         print(f"    {point['board']:<12} {point['network']:<16} {point['rows']}x{point['cols']}x{point['simd']}: "
               f"{point['cycles']} cycles, {point['logic']} logic ({point['resources_from']})")
