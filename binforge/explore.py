@@ -530,7 +530,7 @@ def plot_sweep(rows: Sequence[dict[str, str]], out: str | os.PathLike) -> list[P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     out = Path(out)
     usable = [r for r in rows if _usable(r)]
@@ -594,8 +594,10 @@ def plot_sweep(rows: Sequence[dict[str, str]], out: str | os.PathLike) -> list[P
         sources = {r["resources_from"] for r in board_rows}
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+            axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"logic ({unit}, {'/'.join(sorted(sources))})")
         ax.set_ylabel("cycles, first layer to logits (analytic)")
         ax.set_title(f"{board}: latency vs logic (hollow: does not fit;\nlines: each network's own front)",
