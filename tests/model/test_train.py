@@ -208,3 +208,21 @@ def test_a_registered_method_gets_every_hook(tmp_path):
     assert calls == ["start", "loss", "step1", "loss", "step2", "loss", "step3", "loss", "step4"]
     with pytest.raises(BinforgeError, match="unknown method"):
         get_method("recording-test")
+
+
+def test_init_starts_the_binary_phase_from_a_float_run(tmp_path):
+    float_config = replace(TINY, method="float", epochs=1)
+    float_run = train(float_config, tmp_path / "float")
+    assert [h["phase"] for h in float_run.metrics["history"]] == ["float"]
+    assert float_run.metrics["bit_ops"] == 0
+    config = replace(TINY, method="bop", epochs=1, init=str(tmp_path / "float"), use_bop=False)
+    result = train(config, tmp_path / "bop")
+    assert [h["phase"] for h in result.metrics["history"]] == ["binary"]
+    assert result.metrics["use_bop"] is False
+    assert [r["weight_bits"] for r in result.metrics["layers"]] == [1, 1]
+    # The float first layer was copied from the float run, then trained one epoch.
+    float_weight = _state(tmp_path / "float")["body.0.conv.weight"]
+    assert not torch.equal(_state(tmp_path / "bop")["body.0.conv.weight"], float_weight)
+    assert torch.allclose(_state(tmp_path / "bop")["body.0.conv.weight"], float_weight, atol=0.05)
+    with pytest.raises(BinforgeError, match="does not fit the float mlp model"):
+        train(replace(config, width=0.25), tmp_path / "wider")
