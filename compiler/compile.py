@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 #: Bits of the first layer's odd integer weights.
-DEFAULT_FIRST_WEIGHT_BITS = 8
+DEFAULT_FIRST_WEIGHT_BITS = 10
 #: Bits of the classifier's odd integer weights.
 DEFAULT_LAST_WEIGHT_BITS = 8
 #: The largest multi-op gain is in ``(2**(F-1), 2**F]``: relative gain error <= 2**-F.
