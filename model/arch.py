@@ -375,8 +375,8 @@ def binary_layer_stats(model: nn.Module, in_shape: tuple[int, int, int]) -> list
     was_training = model.training
     model.eval()
     try:
-        device = next(model.parameters()).device
-        model(torch.zeros((2,) + tuple(in_shape), device=device))
+        reference = next(model.parameters())
+        model(torch.zeros((2,) + tuple(in_shape), device=reference.device, dtype=reference.dtype))
     finally:
         model.train(was_training)
         for hook in hooks:
