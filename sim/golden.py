@@ -9,12 +9,16 @@ plain +-1 loops):
   uint64 words (:func:`binforge.compiler.ir.xnor_dot`), times its integer gain:
   the hardware's own arithmetic, vectorised over the batch and output positions;
 - ``method="matmul"`` (the default, several times faster): the same sum regrouped as
-  one matrix product of +-1 activations (all planes side by side) with integer
-  effective weights ``E_n = sum over ops on plane n of gain * W_m``. Every product
-  and every partial sum is an integer no larger in magnitude than the layer's
-  reach ``sum |gain| * K`` (at most ``2**47``, see ``ir.MAX_ACC_WIDTH``), so BLAS
-  computes it exactly in float64 (float32 when the reach is below ``2**24``), in
-  any summation order. The result is converted back to int64.
+  one matrix product per layer. Per activation plane the ops combine into integer
+  effective weights ``E_n = sum over ops on plane n of gain * W_m``; convolution
+  windows are unfolded (im2col) with all planes side by side; for bits ``b`` the
+  product is ``b @ (2E) - sum(E)`` (= ``(2b - 1) @ E``). When the planes' effective
+  weights are integer multiples of one base (the bit-serial first layer: ``2**i``),
+  the planes first combine into one integer per input (``2x - 255``). Every product
+  and partial sum is an integer of magnitude at most twice the layer's reach
+  ``sum |gain| * K`` (below ``2**49``, see ``ir.MAX_ACC_WIDTH``), so BLAS computes
+  it exactly in float64 (float32 when below ``2**24``), in any summation order.
+  The result is converted back to int64.
 
 No float value ever rounds: thresholds, flips, pooling and logits are integers.
 """
@@ -42,8 +46,9 @@ __all__ = ["GoldenResult", "METHODS", "run_network", "run_layer", "conv_windows"
 DEFAULT_CHUNK = 256
 #: The two ways of computing accumulators (identical integers).
 METHODS = ("matmul", "popcount")
-#: Bytes of the +-1 activation matrix of one matrix product (the rows are split to fit).
-MATMUL_BYTES = 32 << 20
+#: Bytes of the unfolded windows of one matrix product: small steps keep the working set
+#: in cache and reuse freed memory instead of faulting in fresh pages (10x faster here).
+MATMUL_BYTES = 1 << 20
 #: Integers up to this magnitude are exact in float32 / float64.
 FLOAT32_EXACT = 1 << 24
 FLOAT64_EXACT = 1 << 53
@@ -180,9 +185,10 @@ def _prepare(layer: ConvLayer | LinearLayer) -> _Prepared:
     if prepared is not None:
         return prepared
     reach = sum(abs(op.gain) for op in layer.ops) * layer.fan_in
-    if reach >= FLOAT64_EXACT:  # pragma: no cover - acc_width <= 48 rules this out
+    if 2 * reach >= FLOAT64_EXACT:  # pragma: no cover - acc_width <= 48 rules this out
         raise IRError(f"layer {layer.name!r}: accumulators reach {reach}, beyond exact float64 arithmetic")
-    dtype = np.float32 if reach < FLOAT32_EXACT else np.float64
+    # bits times doubled weights (see _accumulators_matmul) reach twice as far
+    dtype = np.float32 if 2 * reach < FLOAT32_EXACT else np.float64
     act_planes, effective = _effective_weights(layer)
     # The activations as integers: +-1 per plane, or one combined value per input when the
     # effective weights of the planes are integer multiples of one base (exact either way).
@@ -219,71 +225,38 @@ def _accumulators_matmul(layer: ConvLayer | LinearLayer, planes: np.ndarray) -> 
     if pad:
         selected = np.pad(selected, ((0, 0), (0, 0), (0, 0), (pad, pad), (pad, pad)),
                           constant_values=np.uint8(layer.pad_bit))
-    if factored:
+    if factored:  # one integer per input position: sum_i m_i (2 b_i - 1)
         values = (selected.astype(dtype) * weights_of_planes).sum(axis=1) - offset  # (N, C, Hp, Wp)
-    else:
-        values = selected.reshape(n, -1, *selected.shape[3:]).astype(dtype) * 2 - 1  # (N, P*C, Hp, Wp)
-    depth, hp, wp = values.shape[1:]
+    else:  # the bits themselves (0/1); the +-1 form is restored after the product
+        values = selected.reshape(n, -1, *selected.shape[3:])  # (N, P*C, Hp, Wp) uint8
+    values = np.ascontiguousarray(values.transpose(0, 2, 3, 1))  # channels last: (N, Hp, Wp, D)
+    depth = values.shape[3]
     ho, wo = layer.out_shape.height, layer.out_shape.width
-    # Two exact ways to one product; pick the one that moves fewer numbers.
-    shifted_cost = hp * wp * kern * kern * co * (1 + depth / 8)
-    window_cost = ho * wo * depth * kern * kern * (1 + co / 8)
 
-    def kernel_first(e):  # (D, C, k, k) per output channel -> (D, k, k, Co) flattened below
-        return e.reshape(e.shape[0], co, layer.in_shape.channels, kern, kern).transpose(0, 2, 3, 4, 1)
+    def matrix_rows(e):  # (D, Co, C, k, k) effective weights -> rows in (ky, kx, D) order
+        e = e.reshape(e.shape[0], co, layer.in_shape.channels, kern, kern)
+        return e.transpose(3, 4, 0, 2, 1).reshape(kern * kern * depth, co)
 
-    if shifted_cost <= window_cost:
-        matrix = prepared.matrix("shifted", lambda e: kernel_first(e).reshape(depth, kern * kern * co))
-        out = _conv_shifted(values, matrix, kern, stride, ho, wo)
-    else:
-        matrix = prepared.matrix("windows", lambda e: kernel_first(e).reshape(depth * kern * kern, co))
-        out = _conv_windows(values, matrix, kern, stride, ho, wo)
-    out += np.asarray(layer.bias, dtype=np.int64)
-    return out.transpose(0, 3, 1, 2)
-
-
-def _images_per_step(bytes_per_image: int) -> int:
-    return max(1, MATMUL_BYTES // max(1, bytes_per_image))
-
-
-def _conv_shifted(values, matrix, kern, stride, ho, wo) -> np.ndarray:
-    """Product of the channels-last activations with the weights of every kernel offset side
-    by side (``matrix (D, k * k * Co)``), then the ``k * k`` shifted slices summed
-    (small kernels, large images)."""
-    n, depth, hp, wp = values.shape
-    co = matrix.shape[1] // (kern * kern)
-    dtype = matrix.dtype
-    values = np.ascontiguousarray(values.transpose(0, 2, 3, 1))  # (N, Hp, Wp, D)
+    # For bits b: sum w (2b - 1) = b @ (2w) - sum w, exact in integers.
+    matrix = prepared.matrix("conv", lambda e: matrix_rows(e) * (1 if factored else 2))
+    correction = 0 if factored else prepared.matrix("conv-sum", lambda e: matrix_rows(e).sum(axis=0))
     out = np.empty((n, ho, wo, co), dtype=np.int64)
-    step = _images_per_step(hp * wp * kern * kern * co * np.dtype(dtype).itemsize)
+    row = kern * kern * depth
+    step = max(1, MATMUL_BYTES // max(1, ho * wo * row * np.dtype(dtype).itemsize))
     for first in range(0, n, step):
         part = values[first:first + step]
-        products = (part.reshape(-1, depth) @ matrix).reshape(part.shape[0], hp, wp, kern, kern, co)
-        total = np.zeros((part.shape[0], ho, wo, co), dtype=dtype)
+        m = part.shape[0]
+        # Unfold the windows with k*k slice copies (contiguous channel runs, fast).
+        cols = np.empty((m, ho, wo, kern, kern, depth), dtype=dtype)  # converted while copied
         for ky in range(kern):
             for kx in range(kern):
-                total += products[:, ky:ky + (ho - 1) * stride + 1:stride, kx:kx + (wo - 1) * stride + 1:stride,
-                                  ky, kx]
-        out[first:first + step] = total.astype(np.int64)
-    return out
-
-
-def _conv_windows(values, matrix, kern, stride, ho, wo) -> np.ndarray:
-    """Product of the unfolded windows ``(N * Ho * Wo, D * k * k)`` with the weights
-    (``matrix (D * k * k, Co)``; large kernels)."""
-    n, depth = values.shape[:2]
-    co = matrix.shape[1]
-    dtype = matrix.dtype
-    win = np.lib.stride_tricks.sliding_window_view(values, (kern, kern), axis=(2, 3))
-    win = win[:, :, : (ho - 1) * stride + 1 : stride, : (wo - 1) * stride + 1 : stride]
-    win = win.transpose(0, 2, 3, 1, 4, 5)  # (N, Ho, Wo, D, k, k)
-    out = np.empty((n, ho, wo, co), dtype=np.int64)
-    step = _images_per_step(ho * wo * depth * kern * kern * np.dtype(dtype).itemsize)
-    for first in range(0, n, step):
-        part = win[first:first + step]
-        out[first:first + step] = (part.reshape(-1, depth * kern * kern) @ matrix).reshape(
-            part.shape[0], ho, wo, co).astype(np.int64)
-    return out
+                cols[:, :, :, ky, kx] = part[:, ky:ky + (ho - 1) * stride + 1:stride,
+                                             kx:kx + (wo - 1) * stride + 1:stride]
+        product = cols.reshape(-1, row) @ matrix
+        product -= correction
+        out[first:first + step] = product.reshape(m, ho, wo, co)
+    out += np.asarray(layer.bias, dtype=np.int64)
+    return out.transpose(0, 3, 1, 2)
 
 
 def _threshold(layer: ConvLayer | LinearLayer, acc: np.ndarray) -> np.ndarray:
@@ -321,8 +294,18 @@ def run_network(net: Network, images: np.ndarray, *, return_layers: bool = False
 
     ``return_layers`` keeps every layer's output and accumulators (for RTL debugging).
     ``method`` picks how accumulators are computed (``"matmul"`` or ``"popcount"``;
-    identical integers, see the module docstring).
+    identical integers, see the module docstring). BLAS runs single-threaded here:
+    the products are small (at most ``MATMUL_BYTES`` of windows each), where BLAS
+    threads cost more than they give (on a busy machine, twenty times more).
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _run_network(net, images, return_layers, chunk, method)
+
+
+def _run_network(net: Network, images: np.ndarray, return_layers: bool, chunk: int,
+                 method: str) -> GoldenResult:
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     images = np.asarray(images)
