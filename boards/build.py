@@ -163,7 +163,8 @@ _UTILISATION_LINE = re.compile(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%")
 def _over_capacity(build_dir: Path) -> str:
     """The resources nextpnr found over capacity, as "CELL used of available" ("" if none)."""
     over = []
-    for log in sorted(build_dir.glob("nextpnr-*.log")):
+    # nextpnr's full log is DESIGN.tim (--log); its console output, DESIGN-less, is nextpnr-*.log.
+    for log in sorted(build_dir.glob("*.tim")) + sorted(build_dir.glob("nextpnr-*.log")):
         for cell, used, available in _UTILISATION_LINE.findall(log.read_text(errors="replace")):
             if int(used) > int(available):
                 over.append(f"{cell} {used} of {available}")
@@ -171,7 +172,8 @@ def _over_capacity(build_dir: Path) -> str:
 
 
 def _throughput(figures, lanes: int, cycles: int, ops: int, board: Board) -> dict[str, Any]:
-    fmax = figures.fmax_mhz.get("cd_sync.clk")
+    # The board top clocks the sync domain straight from the oscillator pin's net, "clk".
+    fmax = figures.fmax_mhz.get("clk", figures.fmax_mhz.get("cd_sync.clk"))
     if fmax is None and figures.fmax_mhz:
         fmax = min(figures.fmax_mhz.values())
     cells = figures.utilisation["logic_cells"].used

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         for clock, fmax in report["fmax_mhz"].items():
             target = report["target_mhz"][clock]
             verdict = "met" if fmax >= target else "NOT met"
-            print(f"fmax       {clock}: {fmax:.1f} MHz (target {target:g} MHz, {verdict})")
+            print(f"fmax       {clock}: {fmax:.1f} MHz (target {target:.1f} MHz, {verdict})")
         print(f"throughput {report['cycles_per_image']} cycles per image: "
               f"{report['images_per_second_at_fmax']:.0f} images/s at Fmax, "
               f"{report['images_per_second_at_board_clock']:.0f} at the board's "
