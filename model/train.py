@@ -480,7 +480,7 @@ class PaBTMethod(MBNMethod):
             "t_start": schedule.t_start,
             "t_end": schedule.t_end,
             "prune_total": schedule.prune_total,
-            "t_prune": schedule.t_prune,
+            "t_prune": schedule.t_prune if schedule.prune_total else None,
             "pruned": self.pruner.done,
             "kappa": self.pruner.kappa,
             "trajectory": trajectory,

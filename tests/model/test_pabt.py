@@ -47,6 +47,8 @@ def test_schedule_with_fewer_steps_than_decisions_prunes_several_per_step():
 def test_schedule_caps_at_one_op_per_layer_and_checks_arguments():
     assert PruneSchedule.for_masks([9, 4], 1.0, 0, 10).prune_total == 8 + 3
     assert PruneSchedule.for_masks([9, 9], 0.5, 0, 10).prune_total == 9
+    nothing = PruneSchedule.for_masks([1, 1], default_psi(1, 1), 0, 10)  # a BNN already
+    assert (nothing.prune_total, nothing.due(10)) == (0, 0)
     with pytest.raises(ValueError, match="t_start < t_end"):
         PruneSchedule(t_start=5, t_end=5, prune_total=1)
     with pytest.raises(ValueError, match="psi must lie in"):
