@@ -245,7 +245,8 @@ class MethodContext:
 
     ``step`` counts optimizer steps of the binary phase from 1; ``total_steps``
     is the phase's length. ``log`` is the list behind ``RUN/prune_log.jsonl``
-    (json-able dicts; append to it).
+    (json-able dicts; append to it). ``run_dir`` is the run folder (None
+    outside :func:`train`), for methods that keep files of their own there.
     """
 
     model: nn.Module
