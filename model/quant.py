@@ -126,9 +126,10 @@ def default_activation_thresholds(num_bases: int, spread: float = 0.5) -> torch.
     """The initial activation thresholds: ``linspace(-spread, spread, N)`` (``[0]`` for N = 1).
 
     Inputs of binary layers follow a batch norm, so they are roughly zero-mean
-    with unit spread; thresholds at -0.5, 0, +0.5 (N = 3) cut that
-    distribution into four nearly equal-mass levels and the mean of the N
-    bases is a staircase approximation of ``clamp(x / spread, -1, 1)``.
+    with unit spread; thresholds at -0.5, 0, +0.5 (N = 3) cut a unit
+    Gaussian into four levels holding 31 %, 19 %, 19 % and 31 % of it, and
+    the mean of the N bases is a staircase approximation of
+    ``clamp(x / spread, -1, 1)``.
     With one base the threshold is 0: plain ``sign``.
     """
     if num_bases < 1:
