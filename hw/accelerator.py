@@ -6,7 +6,7 @@ gains, thresholds and biases are baked into the memories' initial contents.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from binforge.compiler.ir import INPUT_PLANES, Network
@@ -59,7 +59,8 @@ class Accelerator(wiring.Component):
         image transfer or the result stream); valid while ``done``.
 
     Latency: ``cycles`` equals :func:`~binforge.hw.plan.analytic_cycles` ``["total"]``.
-    Loading takes 8 cycles per pixel (one per bit plane) plus the source's stalls.
+    Loading takes 8 cycles per pixel (one per bit plane), or ``8 * k * k`` when the first
+    layer reads its windows from an im2col image memory, plus the source's stalls.
     """
 
     def __init__(self, net: Network, rows: int, cols: int, simd: int, relay: int = DEFAULT_RELAY,
@@ -95,9 +96,11 @@ class Accelerator(wiring.Component):
         layout = plan.input_layout
         hw = shape.height * shape.width
 
-        # ---- Image loader: 8 bit-plane writes per pixel -------------------------------
+        # ---- Image loader: 8 bit-plane writes per pixel (8 x k*k for an im2col input) ----
         # Bit (plane, position, channel) of the input tensor is bit
-        # plane * plane_bits + position * pos_stride + channel of buffer 0.
+        # plane * plane_bits + position * pos_stride + channel of buffer 0; an im2col input
+        # (the first conv's windows, in the image memory) takes each pixel bit once per
+        # window that holds it, at window tap (ky, kx).
         aw = seq.act_addr_width + log_s + 2
         byte = Signal(8)
         have = Signal()
@@ -107,19 +110,40 @@ class Accelerator(wiring.Component):
         pos_acc = Signal(aw)
         plane_acc = Signal(aw)
         bit_addr = Signal(aw)
-        m.d.comb += bit_addr.eq(plane_acc + pos_acc + channel)
         last_plane = plane == INPUT_PLANES - 1
         last_pixel = (channel == shape.channels - 1) & (pos == hw - 1)
-        lane = bit_addr[:log_s] if log_s else 0
         bit = Signal()
         m.d.comb += bit.eq(byte.bit_select(plane, 1))
-        # The writes are registered (the address adder gets a cycle of its own).
+        im2col = layout.im2col
+        if im2col is None:
+            m.d.comb += bit_addr.eq(plane_acc + pos_acc + channel)
+            valid = Const(1)
+            last_tap = Const(1)
+            # The last bit of a position's channels (padded layout) or of the plane (dense
+            # layout) also clears the lanes above it: unused lanes read 0.
+            fill = last_pixel if layout.dense else channel == shape.channels - 1
+        else:
+            kernel, st = im2col.kernel, im2col.stride
+            log_st = st.bit_length() - 1
+            ky, kx = Signal(range(kernel)), Signal(range(kernel))
+            y, x = Signal(range(shape.height)), Signal(range(shape.width))
+            reach = max(shape.height, shape.width) + im2col.padding + 1
+            ty, tx = Signal(signed(reach.bit_length() + 1)), Signal(signed(reach.bit_length() + 1))
+            m.d.comb += [ty.eq(y + im2col.padding - ky), tx.eq(x + im2col.padding - kx)]
+            yo, xo = Signal(range(im2col.out_h + 1)), Signal(range(im2col.out_w + 1))
+            m.d.comb += [yo.eq(ty >> log_st), xo.eq(tx >> log_st)]
+            valid = ((ty >= 0) & (tx >= 0) & (ty[:log_st] == 0 if log_st else 1)
+                     & (tx[:log_st] == 0 if log_st else 1)
+                     & (yo < im2col.out_h) & (xo < im2col.out_w))
+            m.d.comb += bit_addr.eq(plane_acc + yo * (im2col.out_w * layout.pos_stride)
+                                    + xo * layout.pos_stride + (ky * kernel + kx) * im2col.in_c + channel)
+            last_tap = (ky == kernel - 1) & (kx == kernel - 1)
+            fill = Const(0)
+        lane = bit_addr[:log_s] if log_s else 0
+        # The writes are registered (the address adders get a cycle of their own).
         m.d.sync += [seq.load_addr.eq(bit_addr >> log_s),
                      seq.load_data.eq(bit << lane),
-                     seq.load_we.eq(have)]
-        # The last bit of a position's channels (padded layout) or of the plane (dense
-        # layout) also clears the lanes above it: unused lanes read 0.
-        fill = last_pixel if layout.dense else channel == shape.channels - 1
+                     seq.load_we.eq(have & valid)]
         with m.If(fill):
             m.d.sync += seq.load_en.eq(((1 << s) - 1) << lane)
         with m.Else():
@@ -130,7 +154,7 @@ class Accelerator(wiring.Component):
         with m.If(seq.busy):
             m.d.sync += count.eq(count + 1)
 
-        k = Signal(range(plan.net.num_classes + 2))
+        word_index = Signal(range(plan.net.num_classes + 2))  # result word: 0 = class
         out_valid = Signal()
         out_payload = Signal(ResultLayout)
         m.d.comb += [self.result.valid.eq(out_valid), self.result.payload.eq(out_payload)]
@@ -140,16 +164,33 @@ class Accelerator(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [self.done.eq(0), have.eq(0), plane.eq(0), channel.eq(0), pos.eq(0),
                                  pos_acc.eq(0), plane_acc.eq(0), count.eq(0)]
+                    if im2col is not None:
+                        m.d.sync += [ky.eq(0), kx.eq(0), y.eq(0), x.eq(0)]
                     m.next = "LOAD"
             with m.State("LOAD"):
-                m.d.comb += [self.busy.eq(1), self.pixels.ready.eq(~have | (last_plane & ~last_pixel))]
-                with m.If(have):
+                m.d.comb += [self.busy.eq(1),
+                             self.pixels.ready.eq(~have | (last_plane & last_tap & ~last_pixel))]
+                with m.If(have & ~last_tap):
+                    # im2col: the next window tap of this pixel and plane
+                    if im2col is not None:
+                        with m.If(kx == kernel - 1):
+                            m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
+                        with m.Else():
+                            m.d.sync += kx.eq(kx + 1)
+                with m.Elif(have):
+                    if im2col is not None:
+                        m.d.sync += [kx.eq(0), ky.eq(0)]
                     with m.If(last_plane):
                         m.d.sync += [plane.eq(0), plane_acc.eq(0), have.eq(0)]
                         with m.If(pos == hw - 1):
                             m.d.sync += [pos.eq(0), pos_acc.eq(0), channel.eq(channel + 1)]
                         with m.Else():
                             m.d.sync += [pos.eq(pos + 1), pos_acc.eq(pos_acc + layout.pos_stride)]
+                        if im2col is not None:
+                            with m.If(x == shape.width - 1):
+                                m.d.sync += [x.eq(0), y.eq(Mux(y == shape.height - 1, 0, y + 1))]
+                            with m.Else():
+                                m.d.sync += x.eq(x + 1)
                         with m.If(last_pixel):
                             m.next = "RUN"
                     with m.Else():
@@ -163,10 +204,10 @@ class Accelerator(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 with m.If(seq.done):
                     m.d.sync += [out_valid.eq(1), out_payload.data.eq(seq.class_index),
-                                 out_payload.last.eq(0), k.eq(1)]
+                                 out_payload.last.eq(0), word_index.eq(1)]
                     m.next = "SEND"
             with m.State("SEND"):
-                m.d.comb += [self.busy.eq(1), seq.logit_addr.eq(k - 1)]
+                m.d.comb += [self.busy.eq(1), seq.logit_addr.eq(word_index - 1)]
                 with m.If(self.result.ready):
                     m.d.sync += out_valid.eq(0)
                     with m.If(out_payload.last):
@@ -176,8 +217,9 @@ class Accelerator(wiring.Component):
                         m.next = "FETCH"
             with m.State("FETCH"):
                 # the logits memory answers one cycle after its address
-                m.d.comb += [self.busy.eq(1), seq.logit_addr.eq(k - 1)]
+                m.d.comb += [self.busy.eq(1), seq.logit_addr.eq(word_index - 1)]
                 m.d.sync += [out_valid.eq(1), out_payload.data.eq(seq.logit_data),
-                             out_payload.last.eq(k == plan.net.num_classes), k.eq(k + 1)]
+                             out_payload.last.eq(word_index == plan.net.num_classes),
+                             word_index.eq(word_index + 1)]
                 m.next = "SEND"
         return m

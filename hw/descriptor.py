@@ -60,8 +60,8 @@ class DescriptorFormat:
     def _values(self, p: ComputePlan | PoolPlan) -> dict:
         plan, cols, s = self.plan, self.plan.cols, self.plan.simd
         last_layer = p.index == len(plan.layers) - 1
-        src = p.index % 2
-        common = {"pool": 0, "last_layer": int(last_layer), "src": src}
+        src = 2 if p.index == 0 and plan.input_layout.im2col else p.index % 2
+        common = {"pool": 0, "last_layer": int(last_layer), "src": src, "dst": (p.index + 1) % 2}
         if p.kind == "pool":
             cw = p.cw
             pool = {

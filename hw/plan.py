@@ -175,6 +175,12 @@ class NetworkPlan:
     buffer_depths: tuple[int, int] = (1, 1)
     logits_depth: int = 1
     input_layout: TensorLayout | None = None
+    image_init: tuple[int, ...] = ()
+
+    @property
+    def image_depth(self) -> int:
+        """Words of the separate image memory (im2col pixel tensor), 0 if none."""
+        return len(self.image_init)
 
     @property
     def const_width(self) -> int:
@@ -194,7 +200,8 @@ class NetworkPlan:
         return {
             "weights": int(len(self.weight_rom)) * self.rows * s,
             "thresholds_and_biases": int(len(self.const_rom)) * self.const_width,
-            "activations": self.cols * (self.buffer_depths[0] + self.buffer_depths[1]) * s,
+            "activations": self.cols * (self.buffer_depths[0] + self.buffer_depths[1]
+                                        + self.image_depth) * s,
             "logits": self.logits_depth * OUT_DATA_WIDTH,
         }
 
@@ -210,6 +217,21 @@ def _reads_whole_input(layer) -> bool:
 
 
 @dataclass(frozen=True)
+class Im2col:
+    """The pixel tensor stored as the first conv layer's windows (see :func:`tensor_layouts`)."""
+
+    kernel: int
+    stride: int
+    padding: int
+    pad_bit: int
+    in_c: int
+    in_h: int
+    in_w: int
+    out_h: int
+    out_w: int
+
+
+@dataclass(frozen=True)
 class TensorLayout:
     """Where an activation tensor's bits are: see the module docstring."""
 
@@ -218,6 +240,7 @@ class TensorLayout:
     positions: int
     dense: bool
     simd: int
+    im2col: Im2col | None = None
 
     @property
     def pos_stride(self) -> int:
@@ -244,9 +267,49 @@ def tensor_layouts(net: Network, simd: int) -> list[TensorLayout]:
     for i, layer in enumerate(net.layers):
         producer_ok = i == 0 or net.layers[i - 1].kind != "maxpool"
         dense = producer_ok and _reads_whole_input(layer)
-        layouts.append(TensorLayout(planes, shape.channels, shape.height * shape.width, dense, simd))
+        if i == 0 and not dense and _im2col_pays(layer, simd):
+            out = layer.out_shape
+            k = layer.kernel
+            info = Im2col(kernel=k, stride=layer.stride, padding=layer.padding, pad_bit=layer.pad_bit,
+                          in_c=shape.channels, in_h=shape.height, in_w=shape.width,
+                          out_h=out.height, out_w=out.width)
+            layouts.append(TensorLayout(planes, shape.channels * k * k, out.height * out.width, False,
+                                        simd, im2col=info))
+        else:
+            layouts.append(TensorLayout(planes, shape.channels, shape.height * shape.width, dense, simd))
         shape, planes = layer.out_shape, layer.out_planes
     return layouts
+
+
+def _im2col_pays(layer, simd: int) -> bool:
+    """The pixel layer is a conv whose windows pack into fewer words than its taps take
+    (fewer channels than S), with a power-of-two stride (the loader's address arithmetic)."""
+    if layer.kind != "conv" or layer.stride & (layer.stride - 1):
+        return False
+    k, ci = layer.kernel, layer.in_shape.channels
+    return k * k * math.ceil(ci / simd) > math.ceil(k * k * ci / simd)
+
+
+def im2col_init(layout: TensorLayout) -> list[int]:
+    """The image memory's initial words: pad bits where a window reaches outside the image."""
+    info, s = layout.im2col, layout.simd
+    words = [0] * layout.words
+    if not info.pad_bit:
+        return words
+    k = info.kernel
+    for n in range(layout.planes):
+        for yo in range(info.out_h):
+            for xo in range(info.out_w):
+                for ky in range(k):
+                    for kx in range(k):
+                        y, x = yo * info.stride - info.padding + ky, xo * info.stride - info.padding + kx
+                        if 0 <= y < info.in_h and 0 <= x < info.in_w:
+                            continue
+                        for c in range(info.in_c):
+                            b = (n * layout.plane_words * s + (yo * info.out_w + xo) * layout.pos_stride
+                                 + (ky * k + kx) * info.in_c + c)
+                            words[b // s] |= 1 << (b % s)
+    return words
 
 
 def signed_digits(gain: int) -> list[int]:
@@ -293,11 +356,13 @@ def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_b
 
     # Weight ROM words: channel group, used weight plane, tap, word; R*S bits each.
     weights = weights.transpose(0, 1, 3, 4, 2)  # (P, Co, kh, kw, Ci)
-    if in_layout.dense:
-        cw_in = in_layout.plane_words
+    if in_layout.dense or in_layout.im2col:
+        # One "tap" per window: the window's bits are contiguous (dense: the whole input;
+        # im2col: the windows were laid out by the image loader).
+        cw_in = math.ceil(kh * kw * in_c / simd)
         flat = weights.reshape(weights.shape[0], out_c, 1, 1, kh * kw * in_c)
         kh = kw = 1
-        geometry = dict(in_h=1, in_w=1, stride=1, padding=0, pad_bit=0)
+        geometry = dict(in_h=out_h, in_w=out_w, stride=1, padding=0, pad_bit=0)
         padded = np.zeros((flat.shape[0], cg_count * rows, 1, 1, cw_in * simd), dtype=np.uint8)
         padded[:, :out_c, :, :, :flat.shape[-1]] = flat
     else:
@@ -429,10 +494,12 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
     pe_width = max(signed_width(lo, hi), (simd * gain_format.largest).bit_length() + 1)
     values = [int(v) for p in computes for v in p.const_rows[:, :, 0].ravel()]
     const_value_width = max(signed_width(min(values), max(values)), pe_width)
-    # Buffers: layer i reads buffer i % 2; its input tensor lives there.
+    # Buffers: layer i reads buffer i % 2; its input tensor lives there. An im2col pixel
+    # tensor has a memory of its own (its pad bits are initial contents, never overwritten).
     depths = [1, 1]
     for i, layout in enumerate(layouts):
-        depths[i % 2] = max(depths[i % 2], layout.words)
+        if layout.im2col is None:
+            depths[i % 2] = max(depths[i % 2], layout.words)
     weight_rom = np.concatenate([p.weight_words for p in computes])
     cvw = const_value_width
     const_words = []
@@ -449,6 +516,7 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
         weight_rom=weight_rom, const_rom=np.array(const_words, dtype=object),
         buffer_depths=(depths[0], depths[1]), logits_depth=max(net.num_classes, 1),
         input_layout=layouts[0],
+        image_init=tuple(im2col_init(layouts[0])) if layouts[0].im2col else (),
     )
 
 

@@ -46,7 +46,8 @@ class LayerSequencer(wiring.Component):
     done : Out(1)
         Pulse: the logits and ``class_index`` are ready.
     load_addr, load_data, load_en, load_we : In
-        Image write into buffer 0 while idle (word address, S bits, S lane enables).
+        Image write while idle, into buffer 0 or the image memory (word address, S bits,
+        S lane enables).
     logit_addr : In(logit address width)
         Logits memory read address; ``logit_data`` follows one cycle later.
     logit_data : Out(32)
@@ -61,7 +62,7 @@ class LayerSequencer(wiring.Component):
             raise TypeError(f"plan must be a NetworkPlan, not {plan!r}")
         self._plan = plan
         self._format = DescriptorFormat(plan)
-        self._act_aw = _addr_width(max(plan.buffer_depths))
+        self._act_aw = _addr_width(max(*plan.buffer_depths, plan.image_depth))
         self._logit_aw = _addr_width(plan.logits_depth)
         super().__init__({
             "start": In(1),
@@ -162,12 +163,19 @@ class LayerSequencer(wiring.Component):
 
         # ---- Stage B: memory reads, pad select -> array ----------------------------------
         aw = self._act_aw
-        read_data = [[None] * cols for _ in range(2)]
-        write_ports = [[None] * cols for _ in range(2)]
-        for b in range(2):
+        image = bool(plan.image_depth)  # a separate image memory (im2col pixel tensor)
+        n_mems = 3 if image else 2
+        read_data = [[None] * cols for _ in range(n_mems)]
+        write_ports = [[None] * cols for _ in range(n_mems)]
+        for b in range(n_mems):
             for c in range(cols):
-                mem = memory.Memory(shape=unsigned(s), depth=plan.buffer_depths[b], init=[])
-                m.submodules[f"buffer{b}_col{c}"] = mem
+                if b == 2:
+                    mem = memory.Memory(shape=unsigned(s), depth=plan.image_depth,
+                                        init=list(plan.image_init))
+                    m.submodules[f"image_col{c}"] = mem
+                else:
+                    mem = memory.Memory(shape=unsigned(s), depth=plan.buffer_depths[b], init=[])
+                    m.submodules[f"buffer{b}_col{c}"] = mem
                 rd = mem.read_port()
                 wr = mem.write_port(granularity=1)
                 addr = window.addr[c * aw:(c + 1) * aw]
@@ -182,7 +190,7 @@ class LayerSequencer(wiring.Component):
                 write_ports[b][c] = wr
         m.d.comb += weight_rd.addr.eq(window.weight_addr)
 
-        src_r = Signal()
+        src_r = Signal(2)
         pad_r = Signal(cols)
         pad_word_r = Signal(s)
         first_r, last_r, beat_r = Signal(), Signal(), Signal()
@@ -194,8 +202,11 @@ class LayerSequencer(wiring.Component):
         for c in range(cols):
             word = Signal(s, name=f"act{c}")
             m.d.comb += word.eq(read_data[0][c])
-            with m.If(src_r):
+            with m.If(src_r == 1):
                 m.d.comb += word.eq(read_data[1][c])
+            if image:
+                with m.If(src_r == 2):
+                    m.d.comb += word.eq(read_data[2][c])
             with m.If(pad_r[c]):
                 m.d.comb += word.eq(pad_word_r)
             acts.append(word)
@@ -204,18 +215,21 @@ class LayerSequencer(wiring.Component):
                      array.gain.eq(gain_r),
                      output.results.eq(array.results), output.group_done.eq(array.done)]
         m.d.comb += pool.rd_data.eq(read_data[0][0])
-        with m.If(desc.src):
+        with m.If(desc.src == 1):
             m.d.comb += pool.rd_data.eq(read_data[1][0])
 
         # ---- Writes: the image loader (idle), the output stage, the pool engine ------------
-        for b in range(2):
+        loaded = 2 if image else 0  # the memory the image loader writes
+        for b in range(n_mems):
             for c in range(cols):
                 wr = write_ports[b][c]
-                with m.If(~self.busy):
-                    if b == 0:
+                if b == loaded:
+                    with m.If(~self.busy):
                         m.d.comb += [wr.addr.eq(self.load_addr), wr.data.eq(self.load_data),
                                      wr.en.eq(self.load_en & self.load_we.replicate(s))]
-                with m.Elif(desc.src != b):
+                if b == 2:
+                    continue
+                with m.If(self.busy & (desc.dst == b)):
                     with m.If(desc.pool):
                         m.d.comb += [wr.addr.eq(pool.wr_addr), wr.data.eq(pool.wr_data),
                                      wr.en.eq(pool.wr_we.replicate(s))]

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from accel_harness import run_accelerator
 from binforge.hw.accelerator import Accelerator
-from binforge.hw.plan import analytic_cycles
+from binforge.hw.plan import analytic_cycles, plan_network
 from binforge.sim.golden import run_network
-from networks import conv_logits_network, linear_stack_network, small_network
+from networks import conv_logits_network, linear_stack_network, small_network, strided_first_network
 
 
 def images_for(net, count, seed):
@@ -30,7 +30,7 @@ def check(net, rows, cols, simd, count=1, stall_seed=None, gain_mode="shift"):
 
 
 @pytest.mark.parametrize("seed,rows,cols,simd,stall,gain_mode", [
-    (3, 1, 1, 1, None, "shift"),
+    (3, 1, 1, 2, None, "shift"),
     (4, 4, 2, 8, 4, "multiply"),
     (5, 3, 5, 2, 5, "shift"),
     (6, 5, 1, 16, None, "multiply"),
@@ -44,10 +44,19 @@ def test_two_images_back_to_back_with_back_pressure():
           stall_seed=8)
 
 
-@pytest.mark.parametrize("rows,cols,simd", [(2, 3, 4), (8, 2, 1)])
-def test_conv_logits_network_matches_golden(rows, cols, simd):
-    check(conv_logits_network(11), rows, cols, simd, stall_seed=1)
+@pytest.mark.parametrize("rows,cols,simd,shape", [(2, 3, 4, (1, 6, 6)), (8, 2, 1, (2, 5, 5))])
+def test_conv_logits_network_matches_golden(rows, cols, simd, shape):
+    check(conv_logits_network(11, shape), rows, cols, simd, stall_seed=1)
 
 
 def test_linear_only_network_matches_golden():
     check(linear_stack_network(12), 3, 2, 8, stall_seed=2)
+
+
+@pytest.mark.parametrize("pad_bit", [0, 1])
+def test_strided_first_layer_from_im2col_image_memory(pad_bit):
+    net = strided_first_network(13, pad_bit)
+    plan = plan_network(net, 2, 2, 8)
+    assert plan.input_layout.im2col is not None and plan.image_depth > 0
+    assert any(plan.image_init) == bool(pad_bit)
+    check(net, 2, 2, 8, stall_seed=pad_bit)

@@ -79,7 +79,7 @@ def test_window_generator_walks_every_window(rows, cols, simd, which):
     net = small_network(7) if which == "small" else conv_logits_network(7)
     plan = plan_network(net, rows, cols, simd)
     fmt = DescriptorFormat(plan)
-    aw = max(1, (max(plan.buffer_depths) - 1).bit_length())
+    aw = max(1, (max(*plan.buffer_depths, plan.image_depth) - 1).bit_length())
     wg = WindowGenerator(plan, fmt.layout, aw, max(1, (len(plan.weight_rom) - 1).bit_length()))
     computes = [p for p in plan.layers if p.kind == "compute"]
     got = {}
@@ -151,7 +151,7 @@ def test_output_stage_writes_bits_and_logits(rows, cols, simd, case):
     plan = plan_network(net, rows, cols, simd)
     p = plan.layers[1]
     fmt = DescriptorFormat(plan)
-    aw = max(1, (max(plan.buffer_depths) - 1).bit_length())
+    aw = max(1, (max(*plan.buffer_depths, plan.image_depth) - 1).bit_length())
     stage = OutputStage(plan, fmt.layout, aw)
     rng = np.random.default_rng(simd)
     # PE results P for every (channel, position); the stage turns them into acc = offset - 2P.
