@@ -70,7 +70,8 @@ def describe(plan, cycles: dict) -> dict:
         "protocol": {
             "input": "after a start pulse, num pixels = C*H*W bytes on in_*, (C, H, W) order",
             "output": "1 + num_classes words on out_*: class index, then logits; out_last on the final one",
-            "load_cycles_per_pixel": 8,
+            "load_cycles_per_pixel": 8 * (plan.input_layout.im2col.kernel ** 2
+                                          if plan.input_layout.im2col else 1),
         },
     }
 
