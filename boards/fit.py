@@ -34,18 +34,18 @@ BRAM_SHAPES: dict[str, tuple[tuple[int, int], ...]] = {
 
 #: Logic model per family, in LUT4s (iCE40, ECP5) or LUT6s (Xilinx 7), fitted to
 #: hierarchical Yosys statistics of whole builds (docs/RESULTS.md, "Boards"):
-#: per XNOR-popcount lane (XOR + popcount tree), plus per lane and tree level beyond 16
-#: lanes per PE (iCE40: the deeper registered levels' flip-flops take cells of their
-#: own); per PE accumulator bit (adder, result and term registers); per array column (window address generation, buffer read and
+#: per XNOR-popcount lane (XOR + popcount tree), plus per lane of PEs with 32 lanes or
+#: more (iCE40: those trees' registered levels take cells of their own; fitted to
+#: 6x1x32 and 4x1x64 builds); per PE accumulator bit (adder, result and term registers); per array column (window address generation, buffer read and
 #: pad muxes) plus per column lane; a fixed part (sequencer, output stage, pool engine,
 #: loader, host link, UART); ``cell_factor`` turns LUTs into the device's logic cells
 #: (iCE40: flip-flops and carries that get a cell of their own).
 LOGIC_MODEL: dict[str, dict[str, float]] = {
-    "ice40": {"per_lane": 5.5, "per_lane_level": 1.95, "per_acc_bit": 2.0, "per_column": 300.0,
+    "ice40": {"per_lane": 5.5, "per_lane_deep": 3.8, "per_acc_bit": 2.0, "per_column": 300.0,
               "per_column_lane": 2.7, "fixed": 1560.0, "cell_factor": 1.2},
-    "ecp5": {"per_lane": 5.0, "per_lane_level": 0.0, "per_acc_bit": 2.0, "per_column": 300.0,
+    "ecp5": {"per_lane": 5.0, "per_lane_deep": 0.0, "per_acc_bit": 2.0, "per_column": 300.0,
              "per_column_lane": 2.7, "fixed": 1560.0, "cell_factor": 1.0},
-    "xilinx7": {"per_lane": 3.0, "per_lane_level": 0.0, "per_acc_bit": 1.0, "per_column": 200.0,
+    "xilinx7": {"per_lane": 3.0, "per_lane_deep": 0.0, "per_acc_bit": 1.0, "per_column": 200.0,
                 "per_column_lane": 2.0, "fixed": 1100.0, "cell_factor": 1.0},
 }
 
@@ -68,7 +68,7 @@ def estimate_logic(plan, family: str) -> float:
     lanes = plan.rows * plan.cols * plan.simd
     pes = plan.rows * plan.cols
     per_pe = plan.pe_width * model["per_acc_bit"] + gain_logic(plan.gain_format, plan.simd)
-    per_lane = model["per_lane"] + model["per_lane_level"] * max(0, plan.simd.bit_length() - 1 - 4)
+    per_lane = model["per_lane"] + (model["per_lane_deep"] if plan.simd >= 32 else 0.0)
     luts = (lanes * per_lane + pes * per_pe
             + plan.cols * (model["per_column"] + model["per_column_lane"] * plan.simd) + model["fixed"])
     return luts * model["cell_factor"]
