@@ -53,6 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="images per simulator run; progress is shown per run (default 25)")
     parser.add_argument("--waves", action="store_true",
                         help="record waveforms (into the simulator's build folder; slower)")
+    parser.add_argument("--build-root", metavar="DIR",
+                        help="where simulator builds are kept and reused (default ~/.cache/binforge/sim)")
     parser.add_argument("--out", metavar="DIR", help="write DIR/report.json and the simulator logs")
     parser.set_defaults(run=run)
     return parser
@@ -85,7 +87,7 @@ def _simulate(args, net, images, run_dir: Path):
             done[0] = finished
 
         return simulate_network(args.hw_dir, net, images, simulator=args.simulator, run_dir=run_dir,
-                                seed=args.seed, in_stall=args.stall, out_stall=args.stall,
+                                build_root=args.build_root, seed=args.seed, in_stall=args.stall, out_stall=args.stall,
                                 chunk=args.chunk, waves=args.waves, progress=progress)
 
 

@@ -45,7 +45,7 @@ def array_stimulus(array: XnorPopcountArray, fmt: GainFormat, sums: int, seed: i
                 gain=np.array([fmt.encode(int(g)) for g in gain], np.int64), expected=expected)
 
 
-def test_array_sums_bit_exact(simulator, build_root, tmp_path):
+def test_array_sums_bit_exact(simulator, build_root, tmp_path, record_cases):
     fmt = GainFormat(GAINS)
     acc_width = (5 * SIMD * fmt.largest).bit_length() + 2
     array = XnorPopcountArray(ROWS, COLS, SIMD, acc_width, fmt, relay=RELAY)
@@ -56,6 +56,7 @@ def test_array_sums_bit_exact(simulator, build_root, tmp_path):
     meta = {"rows": ROWS, "cols": COLS, "acc_width": acc_width, "latency": array.latency}
     path = write_stimulus(tmp_path / "array.npz", meta, **stim)
     report = run_testbench(design, "binforge.sim.tb.array_tb", run_dir=tmp_path, stimulus=path)
+    record_cases(report["cases"], report["mismatch_count"])
     assert report["mismatch_count"] == 0
     # every PE of every sum, plus one done-pulse check per sum and the completion count
     assert report["cases"] == sums * ROWS * COLS + sums + 1

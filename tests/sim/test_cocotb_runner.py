@@ -74,12 +74,14 @@ def test_unknown_and_missing_simulators_are_named():
 
 
 @pytest.mark.parametrize("in_stall,out_stall", [(0.0, 0.0), (0.4, 0.5)])
-def test_stream_block_bit_exact_with_stalls(simulator, build_root, xnor_verilog, tmp_path, in_stall, out_stall):
+def test_stream_block_bit_exact_with_stalls(simulator, build_root, xnor_verilog, tmp_path, in_stall, out_stall,
+                                            record_cases):
     design = build_design(simulator, [xnor_verilog], "xnor_dot8", build_root=build_root)
     a, w, expected = random_vectors(400, seed=3)
     stim = write_stimulus(tmp_path / "stim.npz", a, w, expected, seed=7, in_stall=in_stall,
                           out_stall=out_stall, signed=True)
     report = run_testbench(design, "binforge.sim.tb.stream_tb", run_dir=tmp_path, stimulus=stim)
+    record_cases(report["cases"], report["mismatch_count"])
     assert report["cases"] == len(expected) and report["mismatch_count"] == 0
     # back-pressure and stalls cost cycles: at least one cycle per vector
     assert report["sim_cycles"] >= len(expected)

@@ -44,7 +44,7 @@ def group_results(p, plan, acc):
     return groups, drains
 
 
-def test_output_stage_writes_golden_layer_outputs(simulator, build_root, tmp_path):
+def test_output_stage_writes_golden_layer_outputs(simulator, build_root, tmp_path, record_cases):
     net = output_network()
     plan = plan_network(net, ROWS, COLS, SIMD)
     fmt = DescriptorFormat(plan)
@@ -88,3 +88,4 @@ def test_output_stage_writes_golden_layer_outputs(simulator, build_root, tmp_pat
         assert not rec["logit"]
         checked += want.size
     assert checked > 100
+    record_cases(checked)

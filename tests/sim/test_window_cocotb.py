@@ -52,7 +52,7 @@ def accumulators_from_beats(rec, p, plan, mem_bits, weight_bits, gain_of):
     return offset[:, None] - 2 * got[:p.out_c, :p.positions], group + 1
 
 
-def test_window_generator_beats_give_golden_accumulators(simulator, build_root, tmp_path):
+def test_window_generator_beats_give_golden_accumulators(simulator, build_root, tmp_path, record_cases):
     net = window_network()
     plan = plan_network(net, ROWS, COLS, SIMD)
     fmt = DescriptorFormat(plan)
@@ -92,3 +92,4 @@ def test_window_generator_beats_give_golden_accumulators(simulator, build_root, 
             guard = p.guard_last if (g - 1) // p.channel_groups == p.position_groups - 1 else p.guard_full
             assert firsts[g] - firsts[g - 1] == p.beats + guard, f"layer {p.index} group {g}: spacing"
     assert checked == sum(p.out_c * p.positions for p in computes)
+    record_cases(checked)

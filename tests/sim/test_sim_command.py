@@ -1,0 +1,65 @@
+"""``binforge sim``: images through the RTL from the command line, report.json, clear errors."""
+
+import json
+
+import pytest
+
+import binforge.sim.cocotb_runner as cocotb_runner
+from binforge.cli import main
+from binforge.compiler import ir
+from binforge.compiler.random_network import random_network
+
+pytestmark = pytest.mark.sim
+
+
+@pytest.fixture(scope="module")
+def tiny_net_dir(tiny, tmp_path_factory):
+    net, hw = tiny
+    folder = tmp_path_factory.mktemp("net")
+    ir.save(net, folder)
+    return folder, hw
+
+
+def test_sim_command_checks_images_and_writes_report(tiny_net_dir, build_root, tmp_path, capsys, record_cases):
+    net_dir, hw = tiny_net_dir
+    out = tmp_path / "out"
+    rc = main(["sim", str(hw), "--net", str(net_dir), "--simulator", "verilator", "--data", "synthetic=1,6,6,4",
+               "--limit", "6", "--stall", "0.3", "--chunk", "4", "--build-root", str(build_root), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    report = json.loads((out / "report.json").read_text())
+    record_cases(report["cases"], report["mismatch_count"])
+    assert report["command"] == "sim" and report["simulator"] == "verilator"
+    assert report["images"] == report["matches"] == 6 and report["mismatch_count"] == 0
+    assert report["rtl_cycles_min"] == report["rtl_cycles_max"] == report["analytic_cycles"]
+    assert report["rtl_accuracy"] == report["golden_accuracy"]
+    assert report["images_per_second"] > 0 and report["sim_cycles_per_second"] > 0
+    assert "6 of 6 images bit-exact" in printed and "equal to the analytic" in printed
+
+
+def test_sim_command_names_how_to_install_a_missing_simulator(tiny_net_dir, monkeypatch, tmp_path, capsys):
+    net_dir, hw = tiny_net_dir
+    real_which = cocotb_runner.shutil.which
+    monkeypatch.setattr(cocotb_runner.shutil, "which", lambda name: None if name == "iverilog" else real_which(name))
+    rc = main(["sim", str(hw), "--net", str(net_dir), "--simulator", "icarus", "--data", "synthetic=1,6,6,4",
+               "--limit", "1", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "iverilog not found" in err and "apt-get install -y iverilog" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_sim_command_refuses_a_network_the_hardware_was_not_made_from(tiny_net_dir, tmp_path, capsys):
+    _, hw = tiny_net_dir
+    other = tmp_path / "other"
+    ir.save(random_network(5), other)  # 1x8x8 input, not the hardware's 1x6x6
+    rc = main(["sim", str(hw), "--net", str(other), "--data", "synthetic", "--limit", "1"])
+    assert rc == 2
+    assert "give the network the hardware was generated from" in capsys.readouterr().err
+
+
+def test_sim_command_needs_the_network(tiny_net_dir, capsys):
+    _, hw = tiny_net_dir
+    rc = main(["sim", str(hw), "--data", "synthetic=1,6,6,4", "--limit", "1"])
+    assert rc == 2
+    assert "--net NET/" in capsys.readouterr().err
