@@ -17,7 +17,7 @@ from binforge.errors import BinforgeError
 __all__ = ["main", "COMMANDS"]
 
 # Order is the order of the flow; each name is a module in binforge.commands.
-COMMANDS: list[str] = ["data", "train", "compile", "golden", "hw", "build", "run", "explore"]
+COMMANDS: list[str] = ["data", "train", "compile", "golden", "hw", "sim", "build", "run", "explore"]
 
 
 def build_parser() -> argparse.ArgumentParser:
