@@ -11,8 +11,10 @@ Layouts (``S = simd``):
   ``cw = ceil(Ch / S)``, so a position's channels start on a word (what a k x k window
   needs). *Dense* layout: ``stride = Ch``, no gaps, for a tensor read whole by a layer
   whose kernel covers it (linear layers, the full-image conv of an MLP): that layer then
-  runs ``ceil(H*W*Ch / S)`` beats per op instead of ``H*W*cw``. Unused lanes hold 0.
-  Layer ``i``'s input lives in buffer ``i % 2``.
+  runs ``ceil(H*W*Ch / S)`` beats per op instead of ``H*W*cw``. *im2col*: the pixel
+  tensor of a narrow first conv stored as that layer's windows (:func:`tensor_layouts`),
+  in an image memory of its own. Unused lanes hold 0. Layer ``i``'s input lives in
+  buffer ``i % 2``.
 - A compute layer runs groups of R output channels x C output positions; a group is
   ``beats = ops * kh * kw * cw_in`` cycles, in the order op, ky, kx, channel word
   (a layer on a dense input is one "tap" of ``cw_in`` words).
