@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from binforge.boards.fit import estimate_fit
 from binforge.boards.platforms import Board, get_board
-from binforge.compiler.ir import INPUT_PLANES, IRError, Network, load, to_json
+from binforge.compiler.ir import IRError, Network, load, to_json
 from binforge.errors import BinforgeError
 from binforge.hw.plan import analytic_cycles, check_geometry, plan_network
 from binforge.outdir import write_report
@@ -64,6 +64,7 @@ __all__ = [
     "evaluate_shape",
     "pareto_front",
     "front_keys",
+    "SIMULATORS",
     "simulate_image",
     "validate_shape",
     "build_point",
@@ -83,7 +84,7 @@ POINT_COLUMNS: tuple[str, ...] = (
     "logic", "logic_estimate", "logic_unit", "logic_available", "bram_blocks", "bram_available",
     "memory_bits", "fits", "resources_from",
     "fmax_mhz", "fmax_estimate_mhz", "fmax_from", "board_clock_mhz", "images_per_s", "images_per_s_at_fmax",
-    "validated", "sim_cycles", "sim_image_cycles", "built", "build_dir", "error",
+    "validated", "simulator", "sim_images", "sim_cycles", "sim_image_cycles", "built", "build_dir", "error",
 )
 #: A point is identified by these columns; resuming skips keys already in the file.
 KEY_COLUMNS: tuple[str, ...] = ("net_hash", "data", "models", "rows", "cols", "simd", "board")
@@ -98,8 +99,6 @@ FMAX_ESTIMATE_MHZ: dict[str, float] = {
     "LFE5U-85F-8MG285C": 382.0,   # same array, speed grade 8
 }
 
-#: Cycles to load one pixel: one per bit plane (see :class:`binforge.hw.accelerator.Accelerator`).
-LOAD_CYCLES_PER_PIXEL = INPUT_PLANES
 
 
 # --------------------------------------------------------------------------------------
@@ -233,13 +232,18 @@ def array_bit_ops(net: Network) -> int:
     return sum(len(layer.ops) * layer.fan_in * layer.out_shape.size for layer in net.compute_layers)
 
 
-def image_cycles(net: Network, cycles: int) -> int:
-    """Cycles of one image on the accelerator, start pulse to last result word, with a
-    source that offers a pixel every cycle and an always-ready sink: loading (8 per
-    pixel), the network (``cycles``), then the result stream. The result stream's
-    ``2 * num_classes + 4`` cycles were measured in simulation (:func:`simulate_image`
-    reports the real count, so ``--validate`` shows any drift)."""
-    return LOAD_CYCLES_PER_PIXEL * net.input_shape.size + cycles + 2 * net.num_classes + 4
+def image_cycles(plan, cycles: int) -> int:
+    """Cycles of one image on the accelerator of ``plan`` (a ``NetworkPlan``), start pulse
+    to last result word, with a source that offers a pixel every cycle and an always-ready
+    sink: loading (the loader's cycles per pixel, as ``hw.json`` states them), the network
+    (``cycles``), then the result stream. The result stream's ``2 * num_classes + 4``
+    cycles were measured in simulation (:func:`simulate_image` reports the real count, so
+    ``--validate`` shows any drift)."""
+    from binforge.hw.generate import describe
+
+    net = plan.net
+    per_pixel = int(describe(plan, {})["protocol"]["load_cycles_per_pixel"])
+    return per_pixel * net.input_shape.size + cycles + 2 * net.num_classes + 4
 
 
 def golden_accuracy(net: Network, images: np.ndarray, labels: np.ndarray) -> float:
@@ -290,7 +294,7 @@ def evaluate_shape(network: SweepNetwork, rows: int, cols: int, simd: int, board
                 for b in boards]
     cycles = analytic_cycles(plan)
     total = int(cycles["total"])
-    per_image = image_cycles(net, total)
+    per_image = image_cycles(plan, total)
     out = []
     for board in boards:
         estimate = estimate_fit(plan, board)
@@ -431,18 +435,21 @@ def _ranked(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 def simulate_image(net: Network, rows: int, cols: int, simd: int, image: np.ndarray, *,
-                   max_cycles: int = 50_000_000) -> dict[str, Any]:
+                   max_cycles: int | None = None) -> dict[str, Any]:
     """Run one uint8 image through the accelerator in Amaranth's simulator.
 
     The pixel source offers a byte every cycle and the result sink is always ready.
     Returns the hardware's cycle counter (``cycles``), the cycles from the start pulse
-    to the last result transfer (``image_cycles``), the class and the logits.
+    to the last result transfer (``image_cycles``), the class and the logits. A run
+    longer than ``max_cycles`` (default: 4x the analytic image cycles + 1000) raises.
     """
     from amaranth.sim import Simulator
 
     from binforge.hw.accelerator import Accelerator
 
     acc = Accelerator(net, rows, cols, simd)
+    if max_cycles is None:
+        max_cycles = 4 * image_cycles(acc.plan, int(analytic_cycles(acc.plan)["total"])) + 1000
     pixels = [int(v) for v in np.asarray(image, dtype=np.uint8).reshape(-1)]
     result: dict[str, Any] = {}
 
@@ -481,20 +488,63 @@ def simulate_image(net: Network, rows: int, cols: int, simd: int, image: np.ndar
     return result
 
 
-def validate_shape(net: Network, rows: int, cols: int, simd: int, image: np.ndarray) -> dict[str, Any]:
+#: Simulators ``--simulator`` takes: Amaranth's (on the Amaranth design, nothing to build)
+#: or an HDL simulator on the generated Verilog (through :mod:`binforge.sim.network_sim`).
+SIMULATORS = ("amaranth", "verilator", "icarus")
+
+
+def validate_shape(net: Network, rows: int, cols: int, simd: int, images: np.ndarray, *,
+                   simulator: str = "amaranth", work_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Check one array shape in simulation: the cycle counter against the analytic model and
-    the class and logits against the golden model. ``passed`` says whether all agree."""
+    the class and logits against the golden model.
+
+    ``images`` is uint8 ``(N, C, H, W)`` (or one ``(C, H, W)`` image). ``"amaranth"``
+    simulates the first image on the Amaranth design; ``"verilator"`` and ``"icarus"``
+    generate the Verilog into ``work_dir`` and run every image through it
+    (:func:`binforge.sim.network_sim.simulate_network`). ``passed`` says whether every
+    cycle counter and every logit agree; ``cycles`` and ``image_cycles`` are the first
+    image's.
+    """
     from binforge.sim.golden import run_network
 
-    sim = simulate_image(net, rows, cols, simd, image)
-    expected = int(analytic_cycles(net, rows, cols, simd)["total"])
-    golden = run_network(net, np.asarray(image, dtype=np.uint8)[None])
-    logits_match = [int(v) for v in golden.logits[0]] == sim["logits"]
-    class_match = int(golden.predictions[0]) == sim["predicted"]
-    return {**sim, "analytic_cycles": expected, "cycles_match": sim["cycles"] == expected,
-            "image_cycles_estimate": image_cycles(net, expected),
-            "logits_match": logits_match and class_match,
-            "passed": sim["cycles"] == expected and logits_match and class_match}
+    images = np.asarray(images, dtype=np.uint8)
+    if images.ndim == 3:
+        images = images[None]
+    plan = plan_network(net, rows, cols, simd)
+    expected = int(analytic_cycles(plan)["total"])
+    if simulator == "amaranth":
+        images = images[:1]
+        sim = simulate_image(net, rows, cols, simd, images[0])
+        golden = run_network(net, images)
+        logits_match = ([int(v) for v in golden.logits[0]] == sim["logits"]
+                        and int(golden.predictions[0]) == sim["predicted"])
+        counters = [sim["cycles"]]
+        first_image_cycles = sim["image_cycles"]
+    elif simulator in SIMULATORS:
+        from binforge.hw.generate import generate
+        from binforge.sim.cocotb_runner import require_simulator
+        from binforge.sim.network_sim import simulate_network
+
+        if work_dir is None:
+            raise ValueError("an HDL simulator needs a work_dir for the Verilog and its runs")
+        require_simulator(simulator)
+        hw_dir = Path(work_dir) / "hw"
+        try:
+            generate(net, rows, cols, simd, hw_dir)
+        except ValueError as exc:
+            raise BinforgeError(f"cannot generate the {rows}x{cols}x{simd} accelerator: {exc}") from None
+        result = simulate_network(hw_dir, net, images, simulator=simulator, run_dir=Path(work_dir) / "sim",
+                                  check_cycles=False)
+        logits_match = result.images == len(images) and result.matches == len(images)
+        counters = list(result.rtl_cycles) if len(result.rtl_cycles) == len(images) else [-1]
+        first_image_cycles = result.cycles_per_image[0] if result.cycles_per_image else -1
+    else:
+        raise BinforgeError(f"unknown simulator {simulator!r}; choose one of {', '.join(SIMULATORS)}")
+    cycles_match = all(c == expected for c in counters)
+    return {"simulator": simulator, "images": len(images), "cycles": counters[0], "image_cycles": first_image_cycles,
+            "analytic_cycles": expected, "cycles_match": cycles_match,
+            "image_cycles_estimate": image_cycles(plan, expected), "logits_match": logits_match,
+            "passed": cycles_match and logits_match}
 
 
 def build_point(net: Network, row: dict[str, str], out: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
@@ -683,12 +733,13 @@ def _load_data(networks: Sequence[SweepNetwork], data: str, split: str, limit: i
 def run_sweep(networks: Sequence[SweepNetwork], rows: Sequence[int], cols: Sequence[int], simd: Sequence[int],
               boards: Sequence[str], out: str | os.PathLike, *, data: str | None = None, split: str = "test",
               limit: int | None = None, data_kwargs: dict[str, Any] | None = None, build: int = 0,
-              validate: int = 0, progress: bool = True,
+              validate: int = 0, simulator: str = "amaranth", progress: bool = True,
               log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Sweep ``networks`` x ``rows`` x ``cols`` x ``simd`` x ``boards`` into the folder ``out``.
 
     Writes ``points.csv`` (resumed if present), the PNGs of :func:`plot_sweep` and
-    ``report.json``; ``validate`` array shapes are checked in simulation and ``build``
+    ``report.json``; ``validate`` array shapes are checked in ``simulator`` (one of
+    :data:`SIMULATORS`) and ``build``
     points built (Pareto-front points first). Returns the report.
     """
     say = log or (lambda message: None)
@@ -699,6 +750,12 @@ def run_sweep(networks: Sequence[SweepNetwork], rows: Sequence[int], cols: Seque
         raise BinforgeError(f"{exc}; give positive --rows and --cols and power-of-two --simd") from None
     if build < 0 or validate < 0:
         raise BinforgeError("--build and --validate take a number of points, 0 or more")
+    if simulator not in SIMULATORS:
+        raise BinforgeError(f"unknown simulator {simulator!r}; choose one of {', '.join(SIMULATORS)}")
+    if validate and simulator != "amaranth":
+        from binforge.sim.cocotb_runner import require_simulator
+
+        require_simulator(simulator)
     board_objects = [get_board(b) for b in boards]
     if not board_objects:
         raise BinforgeError("no board given; name at least one with --boards, e.g. icebreaker")
@@ -747,7 +804,8 @@ def run_sweep(networks: Sequence[SweepNetwork], rows: Sequence[int], cols: Seque
     by_digest = {n.digest: n for n in networks}
     sweep_keys = {(n.digest, data_label, models, str(r), str(c), str(s), b.name)
                   for n in networks for r, c, s in shapes for b in board_objects}
-    validations = _validate(table, sweep_keys, by_digest, validate, images, say) if validate else []
+    validations = (_validate(table, sweep_keys, by_digest, validate, images, say, simulator, out)
+                   if validate else [])
     builds = _build(table, sweep_keys, by_digest, build, out, progress, say) if build else []
 
     rows_now = [table.rows[k] for k in sorted(sweep_keys, key=_sort_key) if k in table]
@@ -780,7 +838,11 @@ def _sort_key(key: tuple[str, ...]) -> tuple:
     return (digest, data, models, board, int(r), int(c), int(s))
 
 
-def _validate(table, sweep_keys, by_digest, k, images, say):
+#: Images an HDL simulator runs per validated shape (Amaranth's simulator runs one).
+HDL_VALIDATION_IMAGES = 10
+
+
+def _validate(table, sweep_keys, by_digest, k, images, say, simulator, out):
     rows = [table.rows[key] for key in sweep_keys if key in table]
     done = {(r["net_hash"], r["rows"], r["cols"], r["simd"]) for r in rows if r["validated"] in ("yes", "FAILED")}
     chosen: list[tuple[str, str, str, str]] = []
@@ -794,22 +856,27 @@ def _validate(table, sweep_keys, by_digest, k, images, say):
     results = []
     for digest, r, c, s in tqdm(chosen, desc="validate", unit="shape", file=sys.stderr, disable=not chosen):
         net = by_digest[digest].net
+        count = 1 if simulator == "amaranth" else HDL_VALIDATION_IMAGES
         if images is not None and len(images):
-            image = images[0]
-        else:  # no data set: a fixed random image
-            image = np.random.default_rng(0).integers(0, 256, net.input_shape.as_tuple(), dtype=np.uint8)
-        check = validate_shape(net, int(r), int(c), int(s), image)
+            chosen_images = images[:count]
+        else:  # no data set: fixed random images
+            shape = (count, *net.input_shape.as_tuple())
+            chosen_images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+        name = f"{by_digest[digest].label}-{r}x{c}x{s}"
+        check = validate_shape(net, int(r), int(c), int(s), chosen_images, simulator=simulator,
+                               work_dir=out / "validate" / name)
         mark = "yes" if check["passed"] else "FAILED"
         updated = []
         for row in rows:
             if (row["net_hash"], row["rows"], row["cols"], row["simd"]) == (digest, r, c, s):
-                updated.append({**row, "validated": mark, "sim_cycles": str(check["cycles"]),
-                                "sim_image_cycles": str(check["image_cycles"])})
+                updated.append({**row, "validated": mark, "simulator": simulator, "sim_images": str(check["images"]),
+                                "sim_cycles": str(check["cycles"]), "sim_image_cycles": str(check["image_cycles"])})
         table.put(*updated)
-        say(f"validated {by_digest[digest].label} {r}x{c}x{s}: simulated {check['cycles']} cycles, "
+        say(f"validated {name} with {simulator} on {check['images']} image(s): cycle counter {check['cycles']}, "
             f"analytic {check['analytic_cycles']}, logits {'match' if check['logits_match'] else 'DIFFER'}; "
             f"{check['image_cycles']} cycles per image (estimate {check['image_cycles_estimate']})")
         results.append({"network": by_digest[digest].label, "rows": int(r), "cols": int(c), "simd": int(s),
+                        "simulator": simulator, "images": check["images"], "cycles_match": check["cycles_match"],
                         "sim_cycles": check["cycles"], "analytic_cycles": check["analytic_cycles"],
                         "sim_image_cycles": check["image_cycles"],
                         "image_cycles_estimate": check["image_cycles_estimate"], "logits_match": check["logits_match"],

@@ -51,6 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="build K points with the open FPGA flow, Pareto-front points first (default: 0)")
     p.add_argument("--validate", type=int, default=0, metavar="K",
                    help="check K array shapes' cycles and logits in simulation (default: 0)")
+    p.add_argument("--simulator", default="amaranth", choices=("amaranth", "verilator", "icarus"),
+                   help="for --validate: Amaranth's simulator (one image, nothing to build) or an HDL "
+                   "simulator on the generated Verilog (10 images) (default: %(default)s)")
     p.add_argument("--out", required=True, metavar="EXP", help="sweep folder (resumed if it exists)")
     p.set_defaults(run=run)
     return p
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     networks = load_networks(args.net, args.runs)
     report = run_sweep(networks, rows, cols, simd, boards, args.out, data=args.data, split=args.split,
                        limit=args.limit, data_kwargs=data_options(args), build=args.build,
-                       validate=args.validate, log=lambda m: print(m, file=sys.stderr))
+                       validate=args.validate, simulator=args.simulator, log=lambda m: print(m, file=sys.stderr))
     print(f"explored {len(networks)} network(s) x {len(rows) * len(cols) * len(simd)} shapes x "
           f"{len(boards)} board(s): {report['points']} points ({report['computed']} computed, "
           f"{report['resumed']} resumed), {report['fitting']} fit, {report['errors']} cannot be mapped")

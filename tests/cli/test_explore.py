@@ -261,3 +261,18 @@ def test_build_really_builds_the_pareto_point_for_the_icebreaker(tmp_path):
     assert 0 < int(done["logic"]) <= 5280 and float(done["fmax_mhz"]) > 12.0
     report = json.loads((out / done["build_dir"] / "report.json").read_text())
     assert report["built"] is True and (out / done["build_dir"] / report["bitstream"]).stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_validate_with_verilator_runs_the_generated_verilog(nets, tmp_path):
+    root, networks = nets
+    out = tmp_path / "exp"
+    code = main(["explore", "--net", str(root / "multi"), "--rows", "4", "--cols", "2", "--simd", "16",
+                 "--boards", "ulx3s-85f", "--data", DATA, "--limit", "4", "--validate", "1",
+                 "--simulator", "verilator", "--out", str(out)])
+    (row,) = read_points(out)[1]
+    assert (row["simulator"], row["sim_images"]) == ("verilator", "4")
+    assert row["sim_cycles"] == row["cycles"] == str(analytic_cycles(networks["multi"], 4, 2, 16)["total"])
+    assert row["validated"] == "yes" and code == 0
+    assert (out / "validate" / "multi-4x2x16" / "hw" / "binforge_top.v").is_file()
