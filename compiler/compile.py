@@ -541,6 +541,49 @@ def _bn_affine(name: str, bn: nn.Module | None, a0: np.ndarray, b0: np.ndarray) 
 # --------------------------------------------------------------------------------------
 
 
+def _output_errors(model: nn.Module, groups: list[_Group], report: CompileReport, images: np.ndarray) -> None:
+    """Relative L2 output error of the quantised first layer and classifier on ``images``."""
+    from binforge.model.data import batch_to_input
+
+    ends = {"first": groups[0], "classifier": groups[-1]}
+    inputs: dict[str, list[torch.Tensor]] = {key: [] for key in ends}
+    outputs: dict[str, list[torch.Tensor]] = {key: [] for key in ends}
+    def keeper(key: str):
+        def hook(_module, args, out) -> None:
+            inputs[key].append(args[0].detach())
+            outputs[key].append(out.detach())
+        return hook
+
+    handles = [group.module.register_forward_hook(keeper(key)) for key, group in ends.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for first in range(0, len(images), 256):
+                model(batch_to_input(np.ascontiguousarray(images[first:first + 256])))
+            for handle in handles:
+                handle.remove()
+            for key, group in ends.items():
+                module = group.module
+                saved = {n: p.detach().clone() for n, p in module.named_parameters()}
+                for n, p in module.named_parameters():
+                    value = report.dequantised.get(f"{group.name}.{n}")
+                    if value is not None:
+                        p.copy_(value)
+                quantised = torch.cat([module(x) for x in inputs[key]]).double()
+                for n, p in module.named_parameters():
+                    p.copy_(saved[n])
+                exact = torch.cat(outputs[key]).double()
+                error = float(torch.linalg.vector_norm(quantised - exact) / torch.linalg.vector_norm(exact))
+                entry = next(d for d in report.layers if d["name"] == group.name)
+                entry["output_rel_error"] = error
+                entry["output_error_images"] = int(len(images))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+
 def _out_shape(kind: str, fields: dict[str, Any]) -> Shape:
     shape = fields["in_shape"]
     if kind == "linear":
@@ -565,7 +608,8 @@ def compile_model(model: nn.Module, in_shape: tuple[int, int, int] | Shape, num_
                   gain_frac_bits: int = DEFAULT_GAIN_FRAC_BITS,
                   bias_frac_bits: int = DEFAULT_BIAS_FRAC_BITS,
                   name: str | None = None, classes: tuple[str, ...] = (),
-                  meta: dict[str, Any] | None = None) -> tuple[Network, CompileReport]:
+                  meta: dict[str, Any] | None = None,
+                  images: np.ndarray | None = None) -> tuple[Network, CompileReport]:
     """Compile a trained chain model into a validated network IR.
 
     Parameters
@@ -587,6 +631,10 @@ def compile_model(model: nn.Module, in_shape: tuple[int, int, int] | Shape, num_
         Fraction bits of the classifier's bias (in units of its weight step).
     name, classes, meta:
         Recorded in the network.
+    images:
+        Optional uint8 images ``(N, C, H, W)``: the report then also gives the relative
+        L2 error of the first layer's and the classifier's outputs on them
+        (``output_rel_error``; each layer fed the float model's own inputs).
 
     Returns
     -------
@@ -685,6 +733,8 @@ def compile_model(model: nn.Module, in_shape: tuple[int, int, int] | Shape, num_
     finally:
         model.train(was_training)
 
+    if images is not None and len(images):
+        _output_errors(model, groups, report, images)
     net_meta = dict(meta or {})
     net_meta["compiler"] = {**report.settings, **report.summary()}
     net = Network(name=name or type(model).__name__, input_shape=Shape(*shapes[0].as_tuple()),

@@ -38,6 +38,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         f"(default {DEFAULT_GAIN_FRAC_BITS})")
     parser.add_argument("--bias-bits", type=int, default=DEFAULT_BIAS_FRAC_BITS, metavar="F",
                         help=f"fraction bits of the classifier's bias (default {DEFAULT_BIAS_FRAC_BITS})")
+    parser.add_argument("--data", metavar="SPEC",
+                        help="data set for the output-error figures (default: the run's own)")
+    parser.add_argument("--error-images", type=int, default=256, metavar="N",
+                        help="train images on which to measure the first layer's and the classifier's "
+                        "output error (default 256; 0 skips it)")
     parser.set_defaults(run=run)
     return parser
 
@@ -55,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from binforge.model.checkpoint import load_run
 
     _check_bits(args)
+    if args.error_images < 0:
+        raise BinforgeError(f"--error-images must be 0 or more, not {args.error_images}")
     run_dir = Path(args.run_dir)
     model, config = load_run(run_dir)
     if config.get("method") == "float":
@@ -69,12 +76,18 @@ def run(args: argparse.Namespace) -> int:
         "N": config.get("N"),
         "width": config.get("width"),
     }
+    images = None
+    spec = args.data or config.get("data")
+    if args.error_images and spec:
+        from binforge.model.data import load_dataset
+
+        images = load_dataset(spec, "train", limit=args.error_images).as_arrays()[0]
     net, report = compile_model(
         model, tuple(config["in_shape"]), int(config["num_classes"]),
         first_weight_bits=args.first_bits, last_weight_bits=args.last_bits,
         gain_frac_bits=args.gain_bits, bias_frac_bits=args.bias_bits,
         name=f"{config.get('arch', 'net')}-{config.get('method', '')}".rstrip("-"),
-        classes=tuple(str(c) for c in config.get("classes", ())), meta=meta)
+        classes=tuple(str(c) for c in config.get("classes", ())), meta=meta, images=images)
     with atomic_output_dir(args.out) as tmp:
         try:
             ir.save(net, tmp)
@@ -91,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
         planes = f"{entry.get('in_planes', '')}->{entry.get('out_planes', '')}" if "ops" in entry else ""
         print(f"{entry['name']:<10} {entry['kind']:<8} {shape_in:>12} {shape_out:>12} {planes:>7} "
               f"{entry.get('ops', ''):>4} {entry.get('acc_width', ''):>8}")
+    for entry in report.layers:
+        if "output_rel_error" in entry:
+            print(f"{entry['name']}: output error {entry['output_rel_error']:.3%} (relative L2, "
+                  f"{entry['output_error_images']} {spec} train images)")
     summary = report.summary()
     print(f"ops {summary['ops']}, widest accumulator {summary['max_acc_width']} bits, weight error "
           f"{summary['max_weight_rel_error']:.2%} (first/last layer), gain error {summary['max_gain_rel_error']:.2%}")

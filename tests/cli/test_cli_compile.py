@@ -57,6 +57,9 @@ def test_compile_then_golden(tmp_path, capsys):
     assert [d["name"] for d in report["layers"]] == ["body.0", "body.3", "body.5", "body.7"]
     assert all(d["acc_width"] >= 2 for d in report["layers"])
     assert report["settings"]["first_weight_bits"] == 16
+    first, classifier = report["layers"][0], report["layers"][-1]
+    assert first["output_error_images"] == 256 and 0 < first["output_rel_error"] < 1e-3
+    assert 0 < classifier["output_rel_error"] < 1e-3
     net = ir.load(net_dir)
     assert net.meta["source_run"] == str(run.resolve())
     assert net.classes == tuple(str(i) for i in range(10))

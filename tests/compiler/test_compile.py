@@ -147,7 +147,10 @@ def test_golden_agrees_with_the_float_torch_model(datasets, trained, arch, bits,
     model = trained(arch, 2)
     logits = torch_logits(model, images)
     assert np.mean(logits.argmax(1) == labels) > 0.6  # a model that learned something
-    net, _ = compile_model(model, images.shape[1:], 10, first_weight_bits=bits, last_weight_bits=bits)
+    net, report = compile_model(model, images.shape[1:], 10, first_weight_bits=bits, last_weight_bits=bits,
+                                images=datasets(arch)[0][0][:256])
+    first, classifier = report.layers[0], report.layers[-1]
+    assert 0 < first["output_rel_error"] < 2.0 ** (3 - bits) and 0 < classifier["output_rel_error"] < 2.0 ** (3 - bits)
     predictions = run_network(net, images).predictions
     agreement = float(np.mean(logits.argmax(1) == predictions))
     assert agreement >= floor, agreement
