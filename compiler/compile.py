@@ -107,6 +107,7 @@ class CompileReport:
     settings: dict[str, Any] = field(default_factory=dict)
     dequantised: dict[str, torch.Tensor] = field(default_factory=dict)
     input_bases: dict[int, tuple[str, list[int] | None, list[float]]] = field(default_factory=dict)
+    rounded_scales: dict[str, list[tuple[int, int, np.ndarray]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The json-ready part: settings and per-layer figures."""
@@ -434,7 +435,8 @@ def _split_scales(name: str, scales: np.ndarray, frac_bits: int) -> tuple[np.nda
     return gains, channel * unit, error
 
 
-def _binary_core(name: str, module: nn.Module, group: _Group, shape: Shape, frac_bits: int) -> _Core:
+def _binary_core(name: str, module: nn.Module, group: _Group, shape: Shape, frac_bits: int,
+                 report: CompileReport) -> _Core:
     from binforge.model.export import UnsupportedForHardware
 
     try:
@@ -457,6 +459,8 @@ def _binary_core(name: str, module: nn.Module, group: _Group, shape: Shape, frac
     if not np.all(np.isfinite(scales)):
         raise UnsupportedModel(f"{name}: an op scale is not finite")
     gains, channel_scale, gain_error = _split_scales(name, scales, frac_bits)
+    report.rounded_scales[name] = [(int(m), int(n), g * channel_scale)
+                                   for (m, n, _), g in zip(export.ops, gains, strict=True)]
     remap_w = {m: i for i, m in enumerate(used_w)}
     remap_a = {n: i for i, n in enumerate(used_a)}
     ops, dropped = [], 0
@@ -681,7 +685,7 @@ def compile_model(model: nn.Module, in_shape: tuple[int, int, int] | Shape, num_
             elif isinstance(module, classifier_types):
                 core = _classifier_core(group.name, module, shape, last_weight_bits, bias_frac_bits, report)
             else:
-                core = _binary_core(group.name, module, group, shape, gain_frac_bits)
+                core = _binary_core(group.name, module, group, shape, gain_frac_bits, report)
             cores.append(core)
             shapes.append(shape)
             shape = _out_shape(core.kind, core.fields)

@@ -48,11 +48,23 @@ def torch_logits(model: nn.Module, images: np.ndarray, *, batch_size: int = 256,
 
 def quantised_model(model: nn.Module, report: CompileReport) -> nn.Module:
     """A copy of ``model`` whose float first layer and classifier hold the compiler's integers
-    (``delta * q``, rounded bias): the torch model of what the hardware computes."""
+    (``delta * q``, rounded bias), and whose MBN layers in the operation form hold the
+    op scales the integer gains represent: the torch model of what the hardware computes.
+
+    (Other binary layers keep their scales; with one op per layer, or dyadic scales,
+    the gains are exact anyway.)
+    """
     copied = copy.deepcopy(model)
     with torch.no_grad():
         for name, value in report.dequantised.items():
             copied.get_parameter(name).copy_(value)
+        for name, ops in report.rounded_scales.items():
+            layer = copied.get_submodule(name)
+            if getattr(layer, "scaling", None) != "operation" or not hasattr(layer, "gamma"):
+                continue
+            for m, n, scale in ops:
+                if np.all(scale == scale[0]):
+                    layer.gamma[m, n] = float(scale[0])
     return copied
 
 

@@ -322,3 +322,50 @@ def test_proportional_per_channel_scales_compile():
     net, report = compile_model(model, (1, 8, 8), 10)
     assert [op.gain for op in net.layers[1].ops] == [4, 1]
     assert report.layers[1]["gain_rel_error"] == 0.0
+
+
+# ---- every training method's binary layers -------------------------------------------
+
+
+def method_model(method: str, images: np.ndarray) -> nn.Module:
+    """A VGG-small of a training method (through the method registry, as load_run builds it),
+    with batch-norm statistics from real images and the method's own initial scales."""
+    from binforge.model.train import RunConfig, build_model_from_config
+
+    config = RunConfig(data="synthetic=1,16,16,10", arch="vgg-small", width=0.125, method=method, M=2, N=2,
+                       in_shape=[1, 16, 16], num_classes=10).to_json()
+    torch.manual_seed(0)
+    model = build_model_from_config(config)
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(batch_to_input(images))
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", ["bop", "mbn", "pabt", "ste", "bnn+", "xnor", "xnor++"])
+def test_every_binary_method_compiles_exactly(datasets, method):
+    """Each method's export: golden = the torch model holding the compiler's integers, including
+    non-dyadic multi-op scales rounded to integer gains (MBN, PaBT before pruning)."""
+    (train, _), (images, _) = datasets("vgg-small")
+    model = method_model(method, train[:256])
+    net, report = compile_model(model, images.shape[1:], 10)
+    reference = quantised_model(model, report)
+    result = run_network(net, images[:150], return_layers=True)
+    assert np.all(torch_logits(reference, images[:150]).argmax(1) == result.predictions)
+    for index, (bits, margin) in torch_input_bits(reference, net, report, images[:150]).items():
+        wrong = result.layers[index - 1].reshape(bits.shape) != bits
+        assert not np.any(wrong & (margin > TIE)), f"{method}, layer {index}: {int(wrong.sum())} bits differ"
+    ops = [d["ops"] for d in report.layers if d["source"] not in ("FloatInputConv", "BinaryInputLinear", "MaxPool2d")]
+    assert ops == [4] * 5 if method in ("mbn", "pabt") else ops == [1] * 5
+    if method in ("mbn", "pabt"):
+        assert 0 < report.summary()["max_gain_rel_error"] <= 2.0**-8
+
+
+def test_layers_not_yet_binarized_are_refused(datasets):
+    (train, _), _ = datasets("vgg-small")
+    model = method_model("iterative", train[:64])
+    with pytest.raises(UnsupportedModel, match=r"body\.2 \(LatentBinaryConv2d\) cannot run on the hardware"):
+        compile_model(model, (1, 16, 16), 10)
