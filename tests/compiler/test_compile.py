@@ -369,3 +369,30 @@ def test_layers_not_yet_binarized_are_refused(datasets):
     model = method_model("iterative", train[:64])
     with pytest.raises(UnsupportedModel, match=r"body\.2 \(LatentBinaryConv2d\) cannot run on the hardware"):
         compile_model(model, (1, 16, 16), 10)
+
+
+def test_flatten_then_float_linear_first_layer(digits):
+    """A first layer that is Flatten + nn.Linear (with bias) on the pixels: a linear IR layer over
+    the 8 pixel planes; its bias folds into the thresholds."""
+    from binforge.model.layers import MBNLinear
+
+    torch.manual_seed(1)
+    model = Chain(nn.Flatten(), nn.Linear(64, 24), nn.BatchNorm1d(24), MBNLinear(24, 16, M=2, N=2),
+                  nn.BatchNorm1d(16), BinaryInputLinear(16, 10))
+    (train, _), (images, _) = digits
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d):
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(batch_to_input(train[:256]))
+    model.eval()
+    net, report = compile_model(model, (1, 8, 8), 10)
+    assert [layer.kind for layer in net.layers] == ["linear", "linear", "linear"]
+    assert net.layers[0].in_planes == 8 and net.layers[0].weight_planes == 10
+    reference = quantised_model(model, report)
+    result = run_network(net, images, return_layers=True)
+    assert np.all(torch_logits(reference, images).argmax(1) == result.predictions)
+    for index, (bits, margin) in torch_input_bits(reference, net, report, images).items():
+        wrong = result.layers[index - 1].reshape(bits.shape) != bits
+        assert not np.any(wrong & (margin > TIE))
