@@ -130,9 +130,14 @@ def _check_matches(desc: dict[str, Any], net: Network) -> None:
 def write_accelerator_stimulus(path: str | os.PathLike, images: np.ndarray, logits: np.ndarray,
                                classes: np.ndarray, *, seed: int = 0, in_stall: float = 0.0,
                                out_stall: float = 0.0, cycles: int | None = None,
-                               reset_before: Sequence[int] = (), first_index: int = 0) -> Path:
-    """The stimulus file of :mod:`binforge.sim.tb.accelerator_tb`."""
+                               reset_before: Sequence[int] = (), first_index: int = 0,
+                               load_cycles_per_pixel: int = 8) -> Path:
+    """The stimulus file of :mod:`binforge.sim.tb.accelerator_tb`.
+
+    ``load_cycles_per_pixel`` (``hw.json`` ``protocol``) only sizes the testbench's time-out.
+    """
     meta = {"seed": int(seed), "in_stall": float(in_stall), "out_stall": float(out_stall),
+            "load_cycles_per_pixel": int(load_cycles_per_pixel),
             "cycles": None if cycles is None else int(cycles),
             "reset_before": [int(i) for i in reset_before], "first_index": int(first_index)}
     path = Path(path)
@@ -204,6 +209,7 @@ def simulate_network(hw_dir: str | os.PathLike, net: Network, images: np.ndarray
     design = build_design(simulator, [verilog], desc.get("top", "binforge_top"), build_root=build_root,
                           waves=waves, name=f"net-{desc.get('network', 'top')}")
     cycles = int(desc["cycles"]["total"]) if check_cycles else None
+    load_cycles = int(desc.get("protocol", {}).get("load_cycles_per_pixel", 8))
     result = NetworkSimResult(simulator=simulator, analytic_cycles=int(desc["cycles"]["total"]),
                               build_seconds=design.build_seconds,
                               golden_predictions=[int(p) for p in golden.predictions])
@@ -216,7 +222,8 @@ def simulate_network(hw_dir: str | os.PathLike, net: Network, images: np.ndarray
         stim = write_accelerator_stimulus(
             part / "stimulus.npz", images[start:stop], golden.logits[start:stop],
             golden.predictions[start:stop], seed=seed + start, in_stall=in_stall, out_stall=out_stall,
-            cycles=cycles, reset_before=[i - start for i in resets if start <= i < stop], first_index=start)
+            cycles=cycles, reset_before=[i - start for i in resets if start <= i < stop], first_index=start,
+            load_cycles_per_pixel=load_cycles)
         t0 = time.perf_counter()
         try:
             report = run_testbench(design, TESTBENCH, run_dir=part, stimulus=stim, seed=seed + start)

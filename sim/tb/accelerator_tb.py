@@ -10,7 +10,8 @@ next image must come out right.
 Stimulus arrays: ``images`` uint8 ``(N, C, H, W)``, ``logits`` int64 ``(N, K)``,
 ``classes`` int64 ``(N,)``. ``meta``: ``seed``, ``in_stall``, ``out_stall``,
 ``cycles`` (analytic total, or null to skip), ``reset_before`` (image indices),
-``first_index`` (number of the first image in a larger run, for messages).
+``first_index`` (number of the first image in a larger run, for messages),
+``load_cycles_per_pixel`` (sizes the time-out).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ async def classify_images(dut):
     pixels_per_image = int(images[0].size) if len(images) else 0
     # Generous per-image bound: loading, the network, the result stream, with stalls.
     slack = 1.0 / max(1e-3, 1.0 - max(in_stall, out_stall))
-    budget = int((9 * pixels_per_image + 2 * (expected_cycles or 10**6) + 64 * logits.shape[1] + 1000) * slack)
+    load = int(meta.get("load_cycles_per_pixel", 8)) + 1
+    budget = int((load * pixels_per_image + 2 * (expected_cycles or 10**6) + 64 * logits.shape[1] + 1000) * slack)
 
     start_clock(dut)
     wake_combinational(dut)

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 from amaranth.back import verilog
 
+from binforge.sim.golden import conv_windows
+
 
 def convert(component, name: str, folder: Path) -> Path:
     """Write ``component`` as Verilog module ``name`` into ``folder``; return the file."""
@@ -24,7 +26,17 @@ def write_stimulus(path: Path, meta: dict, **arrays) -> Path:
 
 
 def memory_image(bits, layout):
-    """(planes, C, H, W) bits -> the activation memory's words in ``layout`` (bit b at word b // S)."""
+    """(planes, C, H, W) bits -> the activation memory's words in ``layout`` (bit b at word b // S).
+
+    An im2col layout stores the first conv's windows instead: they come from the golden
+    model's :func:`~binforge.sim.golden.conv_windows`, reordered to (ky, kx, channel).
+    """
+    if layout.im2col is not None:
+        info = layout.im2col
+        win = conv_windows(bits[None], info.kernel, info.stride, info.padding, info.pad_bit)[0]
+        p, ho, wo, _ = win.shape
+        win = win.reshape(p, ho, wo, info.in_c, info.kernel, info.kernel).transpose(0, 1, 2, 4, 5, 3)
+        bits = win.reshape(p, ho, wo, -1).transpose(0, 3, 1, 2)
     planes, c, h, w = bits.shape
     total = layout.words * layout.simd
     flat = np.zeros(total, np.uint8)

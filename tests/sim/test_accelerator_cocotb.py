@@ -47,7 +47,8 @@ def test_wrong_expectation_is_reported_with_image_and_channel(simulator, build_r
     logits = golden.logits.copy()
     logits[2, 1] += 1  # a deliberately wrong expected logit must be caught and located
     stim = write_accelerator_stimulus(tmp_path / "stim.npz", images, logits, golden.predictions,
-                                      cycles=desc["cycles"]["total"] + 1)
+                                      cycles=desc["cycles"]["total"] + 1,
+                                      load_cycles_per_pixel=desc["protocol"]["load_cycles_per_pixel"])
     design = build_design(simulator, [verilog], "binforge_top", build_root=build_root,
                           name=f"net-{desc['network']}")
     with pytest.raises(SimulationFailed) as info:

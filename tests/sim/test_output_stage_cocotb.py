@@ -48,7 +48,7 @@ def test_output_stage_writes_golden_layer_outputs(simulator, build_root, tmp_pat
     net = output_network()
     plan = plan_network(net, ROWS, COLS, SIMD)
     fmt = DescriptorFormat(plan)
-    aw = max(1, (max(plan.buffer_depths) - 1).bit_length())
+    aw = max(1, (max(*plan.buffer_depths, plan.image_depth) - 1).bit_length())  # as the sequencer
     src = convert(OutputStage(plan, fmt.layout, aw), "output_stage", build_root / "verilog" / "output_stage")
     design = build_design(simulator, [src], "output_stage", build_root=build_root, name="output-stage")
     image = np.random.default_rng(6).integers(0, 256, (1, *net.input_shape.as_tuple())).astype(np.uint8)

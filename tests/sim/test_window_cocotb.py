@@ -56,7 +56,7 @@ def test_window_generator_beats_give_golden_accumulators(simulator, build_root, 
     net = window_network()
     plan = plan_network(net, ROWS, COLS, SIMD)
     fmt = DescriptorFormat(plan)
-    aw = max(1, (max(plan.buffer_depths) - 1).bit_length())
+    aw = max(1, (max(*plan.buffer_depths, plan.image_depth) - 1).bit_length())  # as the sequencer
     waw = max(1, (len(plan.weight_rom) - 1).bit_length())
     src = convert(WindowGenerator(plan, fmt.layout, aw, waw), "window", build_root / "verilog" / "window")
     design = build_design(simulator, [src], "window", build_root=build_root, name="window")
