@@ -167,17 +167,24 @@ def network_digest(net: Network) -> str:
     return h.hexdigest()[:16]
 
 
+#: What the report records of how a network was made, where known.
+_INFO_KEYS = ("arch", "method", "M", "N", "psi", "width", "data")
+
+
 def network_from_folder(path: str | os.PathLike) -> SweepNetwork:
     """A compiled NET folder (``network.json`` + ``weights.npz``) as a sweep network."""
     path = Path(path)
     if not path.is_dir():
         raise BinforgeError(f"the network folder {path} does not exist; give a folder written by "
                             "'binforge compile' (network.json + weights.npz)")
+    if not (path / "network.json").exists() and (path / "config.json").exists():
+        raise BinforgeError(f"{path} is a training run, not a compiled network; give it with --runs "
+                            "(compiled on the fly) or compile it with 'binforge compile'")
     try:
         net = load(path)
     except IRError as exc:
         raise BinforgeError(f"cannot read the network in {path}: {exc}") from None
-    info = {k: net.meta[k] for k in ("method", "M", "N", "psi", "arch") if k in net.meta}
+    info = {k: net.meta[k] for k in _INFO_KEYS if net.meta.get(k) is not None}
     return SweepNetwork(label=path.resolve().name, source=str(path), net=net, info=info)
 
 
@@ -189,23 +196,35 @@ def network_from_run(path: str | os.PathLike) -> SweepNetwork:
     path = Path(path)
     if not path.exists():
         raise BinforgeError(f"the run folder {path} does not exist; give a folder written by 'binforge train'")
+    if (path / "network.json").exists() and not (path / "config.json").exists():
+        raise BinforgeError(f"{path} is a compiled network, not a training run; give it with --net")
     model, config = load_run(path)
+    if config.get("method") == "float":
+        raise BinforgeError(f"{path} is a float run; the hardware runs binary networks: give runs trained "
+                            "with a binary method (bop, mbn, pabt, ...)")
     name = path.resolve().name
-    info = {k: config[k] for k in ("arch", "method", "M", "N", "psi", "width", "data") if k in config}
+    info = {k: config[k] for k in _INFO_KEYS if config.get(k) is not None}
     net, _ = compile_model(model, tuple(config["in_shape"]), int(config["num_classes"]), name=name,
                            classes=tuple(config.get("classes", ()) or ()), meta={"run": str(path), **info})
     return SweepNetwork(label=name, source=str(path), net=net, info=info)
 
 
 def load_networks(nets: Iterable[str | os.PathLike] = (), runs: Iterable[str | os.PathLike] = ()) -> list[SweepNetwork]:
-    """NET folders and RUN folders as sweep networks, with unique labels."""
+    """NET folders and RUN folders as sweep networks, with unique labels.
+
+    A network given twice (the same numbers, :func:`network_digest`) is kept once.
+    """
     networks = [network_from_folder(p) for p in nets] + [network_from_run(p) for p in runs]
     if not networks:
         raise BinforgeError("no network to explore; give compiled networks with --net NET/ "
                             "or training runs with --runs RUN/")
+    digests: set[str] = set()
     seen: dict[str, int] = {}
     unique = []
     for n in networks:
+        if n.digest in digests:
+            continue
+        digests.add(n.digest)
         count = seen.get(n.label, 0)
         seen[n.label] = count + 1
         label = n.label if count == 0 else f"{n.label}-{count + 1}"

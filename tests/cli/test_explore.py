@@ -177,6 +177,17 @@ def test_pareto_front_on_a_hand_built_set():
         ("100", "a"), ("50", "a"), ("60", "a")}
 
 
+def test_networks_get_unique_labels_and_duplicates_are_kept_once(nets, tmp_path):
+    root, networks = nets
+    save(networks["multi"], tmp_path / "copy" / "multi")  # same numbers, same folder name
+    save(networks["single"], tmp_path / "other" / "multi")  # other numbers, same folder name
+    loaded = explore.load_networks(nets=[root / "multi", tmp_path / "copy" / "multi",
+                                         tmp_path / "other" / "multi"])
+    assert [n.label for n in loaded] == ["multi", "multi-2"]
+    assert [n.digest for n in loaded] == [explore.network_digest(networks["multi"]),
+                                          explore.network_digest(networks["single"])]
+
+
 def test_validate_checks_cycles_and_logits_in_simulation(tmp_path):
     net = random_network(4, in_shape=Shape(1, 4, 4), channels=(2,), num_classes=2, pool=False,
                          first_weight_planes=1)
@@ -235,6 +246,7 @@ def test_build_takes_pareto_points_first_and_records_built_figures(nets, tmp_pat
     ([], "no network to explore"),
     (["--net", "{net}", "--data", "synthetic=1,8,8,10"], "has 4 classes but --data synthetic=1,8,8,10 has labels up to 9"),
     (["--runs", "{tmp}/norun"], "the run folder {tmp}/norun does not exist"),
+    (["--runs", "{net}"], "{net} is a compiled network, not a training run; give it with --net"),
 ])
 def test_bad_input_exits_2_with_one_clear_sentence(nets, tmp_path, capsys, args, message):
     root, _ = nets
