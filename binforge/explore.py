@@ -15,9 +15,10 @@ A sweep evaluates every point (network, rows R, cols C, simd S, board):
 Points go into ``points.csv`` one row at a time (the file is rewritten through a
 temporary file and a rename), so an interrupted sweep resumes where it stopped:
 points whose key (:data:`KEY_COLUMNS`) is already in the file are not computed again.
-``--validate K`` runs K array shapes in Amaranth's simulator and checks the cycle
-counter against the analytic model and the logits against the golden model;
-``--build K`` builds K points for their boards with the open flow.
+``--validate K`` runs K array shapes in simulation (Amaranth's simulator, or Verilator /
+Icarus on the generated Verilog) and checks the cycle counter against the analytic model
+and the logits against the golden model; ``--build K`` builds K points for their boards
+with the open flow. Both take the co-design Pareto front's points first.
 """
 
 from __future__ import annotations
