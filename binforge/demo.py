@@ -42,19 +42,19 @@ def stages(out: Path, *, board: str, simulator: str, images: int) -> list[Stage]
         Stage("train", "Train and prune (PaBT 2x2 -> 1/1) on digits",
               ["train", "--data", "digits", "--arch", "mlp", "--width", "0.25", "--method", "pabt",
                "--M", "2", "--N", "2", "--float-epochs", "3", "--epochs", "6", "--seed", "0", "--out", run],
-              run, ("top1", "final_top1", "accuracy"), ("curves.png", "pabt.png")),
+              run, ("accuracy",), ("curves.png", "pabt.png")),
         Stage("compile", "Compile to the integer IR", ["compile", run, "--out", net], net),
         Stage("golden", "Golden model on the digits test split",
               ["golden", net, "--data", "digits", "--run", run, "--out", gold], gold,
               ("accuracy", "torch_accuracy", "agreement")),
         Stage("hw", "Generate the accelerator (Amaranth -> Verilog)",
               ["hw", net, "--rows", "4", "--cols", "2", "--simd", "16", "--out", hw], hw,
-              ("total_cycles", "cycles")),
+              ("cycles", "lanes", "memory_bits")),
         Stage("sim", f"Bit-exact RTL simulation ({simulator})",
               ["sim", hw, "--net", net, "--simulator", simulator, "--data", "digits", "--limit", str(images), "--out", sim],
-              sim, ("matches", "mismatches", "cycles_per_image")),
+              sim, ("images", "matches", "mismatch_count", "analytic_cycles", "rtl_cycles_max")),
         Stage("build", f"FPGA build ({board}, YoWASP Yosys + nextpnr)",
-              ["build", hw, "--net", net, "--board", board, "--out", build], build, ("fmax_mhz", "utilisation")),
+              ["build", hw, "--net", net, "--board", board, "--out", build], build, ("fmax_sync_mhz", "images_per_second_at_fmax", "logic_cells_per_lane")),
     ]
 
 
