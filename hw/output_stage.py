@@ -217,7 +217,7 @@ class OutputStage(wiring.Component):
                 with m.Case(r):
                     m.d.comb += row_entry.eq(entries[r])
         logit = Signal(signed(OUT_DATA_WIDTH))
-        m.d.comb += logit.eq(row_entry.value - (d1_one << 1))
+        m.d.comb += logit.eq(row_entry.value - (d1_one << (1 + plan.affine_shift)))
 
         # ---- D2: registered bits / logit; bits placed at lanes ``offset + r`` -----------------
         d2_bits = Signal(rows)

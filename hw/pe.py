@@ -32,12 +32,34 @@ class GainFormat:
     - ``"sign"``: every gain is +1 or -1; the PE only negates.
     - ``"shift"``: every gain is +-2**e; the PE shifts by ``e`` and negates.
     - ``"multiply"``: any other integer gains; the PE multiplies by a signed constant.
+    - ``"horner"`` (:meth:`horner`): ops sorted by decreasing power of two; before an op's
+      first beat the accumulator is doubled ``step`` times (``acc << step``), so the PE
+      holds ``sum gain * count / 2**e_min`` with a negation and a small shift of its
+      accumulator, no shifter per beat.
 
     Parameters
     ----------
     gains : iterable of int
         The non-zero gains the PE must support.
     """
+
+    @classmethod
+    def horner(cls, max_step: int) -> GainFormat:
+        """Signed unit terms and accumulator steps ``0 .. max_step`` (see the class docstring)."""
+        if not isinstance(max_step, int) or max_step < 1:
+            raise ValueError(f"max_step must be a positive integer, not {max_step!r}")
+        fmt = cls([1, -1])
+        fmt._kind, fmt._width = "horner", max_step.bit_length()
+        fmt._max_step = max_step
+        return fmt
+
+    def encode_step(self, negative: bool, step: int) -> int:
+        """Horner format: the gain port value for a term's sign and the accumulator step."""
+        if self._kind != "horner":
+            raise ValueError(f"encode_step needs the horner format, not {self._kind!r}")
+        if not 0 <= step <= self._max_step:
+            raise ValueError(f"step must be in 0..{self._max_step}, not {step!r}")
+        return int(bool(negative)) | (step << 1)
 
     def __init__(self, gains):
         gains = sorted({int(g) for g in gains})
@@ -88,12 +110,15 @@ class GainFormat:
         return int(gain < 0) | (shift << 1)
 
     def __eq__(self, other):
-        return isinstance(other, GainFormat) and self._gains == other._gains
+        return (isinstance(other, GainFormat) and self._gains == other._gains
+                and (self._kind, self._width) == (other._kind, other._width))
 
     def __hash__(self):
-        return hash(self._gains)
+        return hash((self._gains, self._kind, self._width))
 
     def __repr__(self):
+        if self._kind == "horner":
+            return f"GainFormat.horner({self._max_step})"
         return f"GainFormat({list(self._gains)!r})"
 
 
@@ -103,7 +128,9 @@ class XnorPopcountPE(wiring.Component):
     Each cycle the PE takes one *beat*: ``simd`` activation bits and ``simd`` weight bits.
     It counts the mismatches ``popcount(act ^ weight)`` in a tree registered after every
     adder level (the first level is a LUT4 compressor: two XORs and their sum), scales the
-    count by the beat's gain and adds it to the accumulator. The control inputs arrive
+    count by the beat's gain (negation, shift or multiplication, by ``gain_format``; in the
+    ``"horner"`` format it negates the count and doubles the accumulator instead) and adds
+    it to the accumulator. The control inputs arrive
     together with the beat's popcount, ``popcount_depth(simd)`` cycles after its bits.
 
     Parameters
@@ -212,10 +239,13 @@ class XnorPopcountPE(wiring.Component):
         fmt = self._gain_format
         term_width = (s * fmt.largest).bit_length() + 1
         term = Signal(signed(term_width), reset_less=True)
+        step = Signal(max(1, len(self.gain) - 1), reset_less=True)
         if fmt.kind == "multiply":
             m.d.sync += term.eq(count * self.gain)
         else:
-            magnitude = count if fmt.kind == "sign" else count << self.gain[1:]
+            if fmt.kind == "horner":
+                m.d.sync += step.eq(self.gain[1:])
+            magnitude = count if fmt.kind in ("sign", "horner") else count << self.gain[1:]
             with m.If(self.gain[0]):
                 m.d.sync += term.eq(-magnitude)
             with m.Else():
@@ -227,7 +257,10 @@ class XnorPopcountPE(wiring.Component):
         # multiplexer in front of the adder) the cycle before the first term arrives.
         acc = Signal(signed(self._acc_width), reset_less=True)
         acc_next = Signal(signed(self._acc_width))
-        m.d.comb += acc_next.eq(acc + term)
+        if fmt.kind == "horner":
+            m.d.comb += acc_next.eq((acc << step) + term)
+        else:
+            m.d.comb += acc_next.eq(acc + term)
         with m.If(self.first):
             m.d.sync += acc.eq(0)
         with m.Else():

@@ -40,7 +40,8 @@ from binforge.compiler.ir import (
 
 from .pe import GainFormat, popcount_depth
 
-__all__ = ["GAIN_MODES", "DEFAULT_GAIN_MODE", "signed_digits", "expand_gains", "ComputePlan", "PoolPlan", "NetworkPlan", "TensorLayout", "plan_network", "tensor_layouts",
+__all__ = ["GAIN_MODES", "DEFAULT_GAIN_MODE", "signed_digits", "expand_gains", "horner_steps",
+           "ComputePlan", "PoolPlan", "NetworkPlan", "TensorLayout", "plan_network", "tensor_layouts",
            "analytic_cycles",
            "OUT_DATA_WIDTH", "DEFAULT_RELAY"]
 
@@ -112,6 +113,8 @@ class ComputePlan:
     guard_last: int
     plane_offsets: tuple[int, ...]
     weight_offsets: tuple[int, ...]
+    steps: tuple[tuple[int, int], ...] | None
+    e_last: int
     weight_group_step: int
     gains: tuple[int, ...]
     weight_words: np.ndarray = field(repr=False)
@@ -178,6 +181,8 @@ class NetworkPlan:
     logits_depth: int = 1
     input_layout: TensorLayout | None = None
     image_init: tuple[int, ...] = ()
+    #: The affine layer's P is its sum / 2**affine_shift (Horner accumulation).
+    affine_shift: int = 0
 
     @property
     def image_depth(self) -> int:
@@ -332,7 +337,17 @@ def expand_gains(ops, gain_mode: str):
     two becomes one op per signed digit of its gain (same planes), so the PEs only shift."""
     if gain_mode == "multiply":
         return tuple(ops)
-    return tuple(Op(op.weight_plane, op.act_plane, d) for op in ops for d in signed_digits(op.gain))
+    expanded = [Op(op.weight_plane, op.act_plane, d) for op in ops for d in signed_digits(op.gain)]
+    # Largest power of two first: the PEs accumulate Horner-style (see GainFormat.horner).
+    return tuple(sorted(expanded, key=lambda op: -abs(op.gain)))
+
+
+def horner_steps(ops) -> tuple[tuple[tuple[int, int], ...], int]:
+    """For ops with power-of-two gains sorted by decreasing magnitude: per op (negative,
+    accumulator doublings before it), and the exponent of the last (smallest) gain."""
+    exps = [abs(op.gain).bit_length() - 1 for op in ops]
+    steps = tuple((int(op.gain < 0), 0 if k == 0 else exps[k - 1] - exps[k]) for k, op in enumerate(ops))
+    return steps, exps[-1]
 
 
 def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_base,
@@ -351,6 +366,7 @@ def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_b
     out_planes = 0 if affine else layer.out_planes
     ops = expand_gains(layer.ops, gain_mode)
     used = sorted({op.weight_plane for op in ops})
+    steps, e_last = horner_steps(ops) if gain_mode == "shift" else (None, 0)
     cg_count = math.ceil(out_c / rows)
     positions = out_h * out_w
     pg_count = math.ceil(positions / cols)
@@ -407,7 +423,8 @@ def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_b
                     ch = cg * rows + r
                     if ch < out_c:
                         # bit = (acc >= T) ^ flip  <=>  (P <= floor((offset - T) / 2)) ^ flip
-                        entry.append((int((offset[ch] - t[n, ch]) // 2), int(flip[ch]), 1))
+                        # (with Horner accumulation P holds the sum / 2**e_last)
+                        entry.append((int((offset[ch] - t[n, ch]) // 2) >> e_last, int(flip[ch]), 1))
                     else:
                         entry.append((0, 0, 0))
                 rows_out.append(entry)
@@ -444,6 +461,7 @@ def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_b
         drain_words=drain_words, drain_full=drain_full, drain_last=drain_last,
         guard_full=guard_full, guard_last=guard_last, plane_offsets=plane_offsets,
         weight_offsets=weight_offsets, weight_group_step=len(used) * taps_words,
+        steps=steps, e_last=e_last,
         gains=tuple(op.gain for op in ops), weight_words=np.array(words, dtype=object),
         const_rows=np.array(rows_out, dtype=object).reshape(len(rows_out), rows, 3), affine=affine,
         **geometry,
@@ -488,11 +506,15 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
     if last.layer.acc_width > OUT_DATA_WIDTH:
         raise ValueError(f"the last layer's accumulators are {last.layer.acc_width} bits wide, "
                          f"wider than the {OUT_DATA_WIDTH}-bit result stream")
-    gain_format = GainFormat(gains)
+    if gain_mode == "shift":
+        max_step = max(step for p in layers if p.kind == "compute" for _, step in p.steps)
+        gain_format = GainFormat.horner(max_step) if max_step else GainFormat([1, -1])
+    else:
+        gain_format = GainFormat(gains)
     # The PE's result range: every op's mismatch count is in [0, K] (also per partial sum).
     computes = [p for p in layers if p.kind == "compute"]
-    lo = min(sum(g for g in p.gains if g < 0) * p.fan_in for p in computes)
-    hi = max(sum(g for g in p.gains if g > 0) * p.fan_in for p in computes)
+    lo = min(sum(g >> p.e_last for g in p.gains if g < 0) * p.fan_in for p in computes)
+    hi = max(sum(g >> p.e_last for g in p.gains if g > 0) * p.fan_in for p in computes)
     pe_width = max(signed_width(lo, hi), (simd * gain_format.largest).bit_length() + 1)
     values = [int(v) for p in computes for v in p.const_rows[:, :, 0].ravel()]
     const_value_width = max(signed_width(min(values), max(values)), pe_width)
@@ -519,6 +541,7 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
         buffer_depths=(depths[0], depths[1]), logits_depth=max(net.num_classes, 1),
         input_layout=layouts[0],
         image_init=tuple(im2col_init(layouts[0])) if layouts[0].im2col else (),
+        affine_shift=layers[-1].e_last,
     )
 
 

@@ -86,8 +86,15 @@ class WindowGenerator(wiring.Component):
 
         # Op table: per op, the act plane's word offset, the weight plane's word offset and
         # the gain, read combinationally.
-        ops = [(off, woff, fmt.encode(g)) for p in plan.layers if p.kind == "compute"
-               for off, woff, g in zip(p.plane_offsets, p.weight_offsets, p.gains, strict=True)]
+        def code(p, k):
+            if fmt.kind == "horner":
+                return fmt.encode_step(*p.steps[k])
+            if fmt.kind == "sign" and p.steps is not None:
+                return fmt.encode(-1 if p.steps[k][0] else 1)
+            return fmt.encode(p.gains[k])
+
+        ops = [(off, woff, code(p, k)) for p in plan.layers if p.kind == "compute"
+               for k, (off, woff) in enumerate(zip(p.plane_offsets, p.weight_offsets, strict=True))]
         gw = len(self.gain)
         ow = max(1, max(off for off, _, _ in ops).bit_length())
         ww = max(1, max(woff for _, woff, _ in ops).bit_length())
@@ -125,8 +132,12 @@ class WindowGenerator(wiring.Component):
             m.d.sync += finished.eq(0)
         with m.Else():
             m.d.sync += finished.eq(~running)
+        gain_code = op_rd.data[ow + ww:]
+        if fmt.kind == "horner":
+            # the accumulator doubles before an op's first beat only
+            gain_code = Mux(in_op == 0, gain_code, gain_code[0])
         m.d.sync += [self.beat.eq(issue & ~self.start), self.first.eq(first), self.last.eq(last),
-                     self.gain.eq(op_rd.data[ow + ww:]),
+                     self.gain.eq(gain_code),
                      self.weight_addr.eq(wgroup + op_rd.data[ow:ow + ww] + in_op),
                      self.pad_word.eq(Mux(j == d.cwl, d.pad_last, d.pad_full))]
         plane_off = op_rd.data[:ow]

@@ -104,3 +104,54 @@ def test_pe_rejects_narrow_accumulator(rejects):
 def test_gain_format_rejects_bad_gains(rejects):
     rejects(ValueError, "gain 3 is not one of the gains [1, 2]", GainFormat([1, 2]).encode, 3)
     rejects(ValueError, "gains must be non-zero, not 0", GainFormat, [0, 1])
+
+
+@pytest.mark.parametrize("simd", [1, 4, 16])
+def test_pe_horner_steps(simd):
+    """Horner format: before a beat the accumulator doubles ``step`` times, then adds +-count."""
+    rng = np.random.default_rng(simd)
+    fmt = GainFormat.horner(3)
+    pe = XnorPopcountPE(simd, 24, fmt)
+    mask = (1 << simd) - 1
+    beats, want, acc, first = [], [], 0, True
+    for i in range(40):
+        a, w = (int(rng.integers(0, mask + 1)) for _ in range(2))
+        last = bool(rng.integers(0, 4) == 0) or i == 39
+        negative, step = bool(rng.integers(0, 2)), int(rng.integers(0, 4))
+        term = (-1 if negative else 1) * bin(a ^ w).count("1")
+        acc = term if first else (acc << step) + term
+        if last:
+            want.append(acc)
+        beats.append((a, w, first, last, (negative, step)))
+        first = last
+    d, lat = pe.popcount_depth, pe.latency
+    got = []
+
+    async def tb(ctx):
+        for t in range(len(beats) + lat + 2):
+            if t < len(beats):
+                ctx.set(pe.act, beats[t][0])
+                ctx.set(pe.weight, beats[t][1])
+            j = t - d
+            if 0 <= j < len(beats):
+                _, _, first_, last_, (negative, step) = beats[j]
+                ctx.set(pe.first, first_)
+                ctx.set(pe.last, last_)
+                ctx.set(pe.gain, fmt.encode_step(negative, step))
+            else:
+                ctx.set(pe.last, 0)
+            k = t - lat
+            if 0 <= k < len(beats) and beats[k][3]:
+                got.append(ctx.get(pe.result))
+            await ctx.tick()
+
+    sim = Simulator(pe)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert got == want
+
+
+def test_horner_format_refuses_bad_steps(rejects):
+    rejects(ValueError, "max_step must be a positive integer, not 0", GainFormat.horner, 0)
+    rejects(ValueError, "step must be in 0..3, not 4", GainFormat.horner(3).encode_step, False, 4)

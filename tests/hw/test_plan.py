@@ -77,11 +77,11 @@ def test_signed_digits_sum_to_the_gain(gain):
 
 def test_shift_mode_expands_ops_and_multiply_keeps_them():
     ops = (ir.Op(0, 1, 139), ir.Op(1, 0, -4))
-    assert [op.gain for op in expand_gains(ops, "shift")] == [-1, -4, 16, 128, -4]
+    assert [op.gain for op in expand_gains(ops, "shift")] == [128, 16, -4, -4, -1]
     assert expand_gains(ops, "multiply") == ops
     net = small_network(4)
     assert plan_network(net, 2, 2, 4, gain_mode="multiply").gain_format.kind == "multiply"
-    assert plan_network(net, 2, 2, 4).gain_format.kind == "shift"
+    assert plan_network(net, 2, 2, 4).gain_format.kind == "horner"
 
 
 def test_unknown_gain_mode_is_refused(rejects):
