@@ -33,7 +33,10 @@ CONFIGS = [(4, 4, 8, "shift"), (4, 4, 8, "multiply"), (4, 4, 32, "shift"), (8, 8
            (8, 8, 32, "multiply")]
 #: (target, R, C, S, gains): sign-only PEs, and the multiplier PEs of compiled multi-op gains.
 SYNTH = [("ice40", 4, 4, 32, (1, -1)), ("ecp5", 4, 4, 32, (1, -1)), ("ecp5", 4, 4, 64, (1, -1)),
-         ("ecp5", 4, 4, 32, (1, 2, 16384, 139, 142, -195))]
+         ("ecp5", 4, 4, 32, (1, 2, 16384, 139, 142, -195)),
+         # 25-bit results, as the compiled MLP needs: Horner PEs against a per-beat shifter
+         ("ice40", 4, 4, 8, "horner", 25), ("ice40", 4, 4, 32, "horner", 25),
+         ("ice40", 4, 4, 32, (1, -1, 2, -4, 128, 16384), 25)]
 YOSYS_SCRIPTS = {"ice40": "synth_ice40 -top arr", "ecp5": "synth_ecp5 -top arr -nowidelut"}
 
 
@@ -69,9 +72,10 @@ def cycle_table() -> list[dict]:
     return rows
 
 
-def synth_array(target: str, r: int, c: int, s: int, gains) -> dict:
-    fmt = GainFormat(gains)
-    array = XnorPopcountArray(r, c, s, max(16, (s * fmt.largest).bit_length() + 2), fmt)
+def synth_array(target: str, r: int, c: int, s: int, gains, width: int = 16) -> dict:
+    fmt = GainFormat.horner(3) if gains == "horner" else GainFormat(gains)
+    width = max(width, (s * fmt.largest).bit_length() + 2)
+    array = XnorPopcountArray(r, c, s, width, fmt)
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "arr.il").write_text(rtlil.convert(array, name="arr"))
         start = time.time()
@@ -88,7 +92,7 @@ def synth_array(target: str, r: int, c: int, s: int, gains) -> dict:
     else:
         luts = cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)  # a CCU2C is two LUT4s
         ffs = cells.get("TRELLIS_FF", 0)
-    return {"target": target, "rows": r, "cols": c, "simd": s, "gain_format": fmt.kind,
+    return {"target": target, "rows": r, "cols": c, "simd": s, "gain_format": fmt.kind, "width": width,
             "lanes": lanes, "cells": cells,
             "lut4_per_lane": round(luts / lanes, 2), "ff_per_lane": round(ffs / lanes, 2),
             "seconds": round(time.time() - start, 1)}
@@ -128,10 +132,10 @@ def main() -> int:
               f"binary conv utilisation {row['binary_conv_utilisation']} memory {row['memory_bits']}")
     if args.synth:
         result["synth"] = []
-        for target, r, c, s, gains in SYNTH:
-            row = synth_array(target, r, c, s, gains)
+        for target, r, c, s, *rest in SYNTH:
+            row = synth_array(target, r, c, s, *rest)
             result["synth"].append(row)
-            print(f"{target:6s} {r}x{c}x{s:<3d} {row['gain_format']:8s} LUT4/lane {row['lut4_per_lane']} FF/lane {row['ff_per_lane']} "
+            print(f"{target:6s} {r}x{c}x{s:<3d} {row['gain_format']:8s} {row['width']}-bit LUT4/lane {row['lut4_per_lane']} FF/lane {row['ff_per_lane']} "
                   f"{row['cells']}")
     if args.whole:
         row = synth_whole("mlp", 4, 4, 8)
