@@ -27,6 +27,20 @@ uninterrupted one. When a run ends, ``RUN/`` holds ``model.pt`` +
 ``config.json`` (what :func:`binforge.model.checkpoint.load_run` rebuilds),
 ``metrics.json``, ``curves.png`` and ``report.json``; PaBT runs add
 ``prune_log.jsonl`` and ``pabt.png``.
+
+Data-parallel training (``torchrun``, see ``docs/distributed.md``): give
+:func:`train` the :class:`~binforge.model.distributed.DistributedContext` of
+:func:`~binforge.model.distributed.init_distributed`. Every rank draws the same
+epoch order, takes every ``world_size``-th image of each global batch of
+``batch_size`` images, and runs ``DistributedDataParallel``; the loss is scaled
+so that the averaged gradient is the global batch's mean gradient, batch norm
+statistics cover the global batch (``sync_batch_norm``), so N processes follow
+the one-process run up to float rounding. BOP's moving averages and flips and
+PaBT's pruning decisions are computed on every rank from identical state and
+checked equal (an all-gather of a fingerprint of the model, masks included,
+after every pruning decision and every epoch). Rank 0 alone writes files, logs
+and progress bars; the test split is evaluated in shards whose correct counts
+are summed.
 """
 
 from __future__ import annotations
@@ -48,9 +62,16 @@ import torch
 import torch.nn.functional as F
 from binforge.model import checkpoint as ckpt
 from binforge.model.data import augment_batch, batch_to_input, load_dataset
+from binforge.model.distributed import (
+    AMP_MODES,
+    DistributedContext,
+    all_reduce_sum,
+    assert_replicas_equal,
+    restore_batch_norm,
+    synchronize_batch_norm,
+)
 from binforge.model.metrics import (
     binary_layers,
-    evaluate_top1,
     model_summary,
     plot_pabt,
     plot_training,
@@ -121,6 +142,8 @@ class RunConfig:
         Filled in from the data set.
     method_options:
         Options of a companion method (``binforge.model.methods``), by key.
+    image_size:
+        Height and width of ``folder`` images (None: 224).
     """
 
     data: str = "digits"
@@ -149,6 +172,7 @@ class RunConfig:
     num_classes: int = 0
     classes: list[str] = field(default_factory=list)
     method_options: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -528,10 +552,102 @@ def _epoch_generator(seed: int, phase: str, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + offset * 10_007 + epoch) % (2**63))
 
 
-def _load_split(config: RunConfig, split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    dataset = load_dataset(config.data, split, limit=limit, seed=config.seed)
-    images, labels = dataset.as_arrays()
-    return torch.from_numpy(images), torch.from_numpy(labels).long(), dataset
+@dataclass
+class _Split:
+    """One split: in-memory pixels (array data sets), or decoded per batch (image folders)."""
+
+    dataset: Any
+    labels: torch.Tensor
+    images: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def pixels(self, index: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(len(index), C, H, W)`` images at ``index``."""
+        if self.images is not None:
+            return self.images[index]
+        return torch.from_numpy(np.ascontiguousarray(self.dataset._images(index.numpy())))
+
+
+def _load_split(config: RunConfig, split: str, limit: int | None) -> _Split:
+    dataset = load_dataset(config.data, split, limit=limit, seed=config.seed,
+                           image_size=config.image_size or 224)  # fmt: skip
+    labels = torch.from_numpy(np.asarray(dataset.labels)).long()
+    if hasattr(dataset, "images"):
+        images, labels_array = dataset.as_arrays()
+        return _Split(dataset, torch.from_numpy(labels_array).long(), torch.from_numpy(images))
+    return _Split(dataset, labels, None)
+
+
+@dataclass
+class _Runtime:
+    """How the loop executes (not part of the run's configuration): ranks, device, precision."""
+
+    dist: DistributedContext
+    amp: str | None = None
+    channels_last: bool = False
+    sync_batch_norm: bool = True
+    scaler: Any = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    def autocast(self) -> Any:
+        if self.amp is None:
+            return torch.autocast("cpu", enabled=False)
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def to_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = batch_to_input(pixels).to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def place(self, model: nn.Module) -> nn.Module:
+        model.to(self.device)
+        if self.channels_last:  # 4-d tensors only (MBN weight bases are 5-d)
+            with torch.no_grad():
+                for tensor in [*model.parameters(), *model.buffers()]:
+                    if tensor.dim() == 4:
+                        tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+        return model
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the training forward goes through: DDP across ranks, else the model."""
+        if not self.dist.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.sync_batch_norm:
+            synchronize_batch_norm(model)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)  # buffers (masks) from rank 0
+
+
+def _evaluate(model: nn.Module, split: _Split, runtime: _Runtime, batch_size: int = 500) -> float:
+    """Test top-1 (%): each rank evaluates every ``world_size``-th image; correct counts are summed.
+
+    With one process this is :func:`binforge.model.metrics.evaluate_top1` (same batches).
+    """
+    was_training = model.training
+    model.eval()
+    rank, world = runtime.dist.rank, runtime.dist.world_size
+    indices = torch.arange(len(split))[rank::world] if world > 1 else torch.arange(len(split))
+    correct = 0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(indices), batch_size):
+                index = indices[start : start + batch_size]
+                with runtime.autocast():
+                    logits = model(runtime.to_input(split.pixels(index)))
+                correct += int((logits.argmax(dim=1).cpu() == split.labels[index]).sum())
+    finally:
+        model.train(was_training)
+    (total,) = all_reduce_sum([float(correct)], runtime.dist)
+    return 100.0 * total / max(1, len(split))
 
 
 def _float_state_from_init(init: str) -> dict[str, torch.Tensor]:
@@ -564,37 +680,71 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, ar
         ) from None
 
 
-def _run_epoch(model, optimizer, schedule, method, context, images, labels, config, phase,
-               epoch, progress) -> tuple[float, float]:  # fmt: skip
-    """One pass over the training split; returns (mean loss, train top-1 %)."""
+def _optimizer_step(optimizer: Any, loss: torch.Tensor, runtime: _Runtime) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if runtime.scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    # fp16: unscale, skip steps with inf/nan gradients (per torch optimizer), then
+    # the latent-weight clipping CaseOptimizer.step would do.
+    runtime.scaler.scale(loss).backward()
+    for inner in _torch_optimizers(optimizer):
+        runtime.scaler.step(inner)
+    runtime.scaler.update()
+    latent = getattr(optimizer, "latent_clip", None)
+    if latent:
+        with torch.no_grad():
+            for p in latent:
+                p.clamp_(-1.0, 1.0)
+
+
+def _run_epoch(model, net, optimizer, schedule, method, context, split, config, phase,
+               epoch, progress, runtime) -> tuple[float, float]:  # fmt: skip
+    """One pass over the training split; returns (mean loss, train top-1 %) over all ranks.
+
+    ``net`` is what the forward pass goes through (``model`` or its DDP wrapper).
+    Each global batch of ``config.batch_size`` images is split across the ranks,
+    rank ``r`` taking positions ``r, r + world_size, ...`` of it.
+    """
     model.train()
+    rank, world = runtime.dist.rank, runtime.dist.world_size
     generator = _epoch_generator(config.seed, phase, epoch)
-    order = torch.randperm(len(labels), generator=generator)
+    order = torch.randperm(len(split), generator=generator)
     total_loss, correct, seen = 0.0, 0, 0
     for start in range(0, len(order), config.batch_size):
         index = order[start : start + config.batch_size]
-        batch = images[index]
-        if config.augment:
-            batch = augment_batch(batch, generator=generator)
-        target = labels[index]
-        logits = model(batch_to_input(batch))
-        loss = F.cross_entropy(logits, target)
+        if config.augment:  # the global batch's draws, so every rank's generator stays in step
+            batch = augment_batch(split.pixels(index), generator=generator)
+            if world > 1:
+                batch = batch[rank::world]
+        else:
+            batch = split.pixels(index[rank::world] if world > 1 else index)
+        target = split.labels[index[rank::world] if world > 1 else index].to(runtime.device)
+        with runtime.autocast():
+            logits = net(runtime.to_input(batch))
+            if world > 1:  # DDP averages over ranks: sum / global count gives the global mean
+                loss = F.cross_entropy(logits.float(), target, reduction="sum") * (world / len(index))
+            else:
+                loss = F.cross_entropy(logits, target)
         if method is not None:
             extra = method.extra_loss(context)
             if extra is not None:
                 loss = loss + extra
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _optimizer_step(optimizer, loss, runtime)
         schedule.step()
         if method is not None:
             context.step += 1
+            decisions_before = len(context.log)
             method.after_step(context)
-        total_loss += float(loss.detach()) * len(index)
+            if world > 1 and len(context.log) != decisions_before:
+                assert_replicas_equal(model, runtime.dist, f"pruning at step {context.step}")
+        total_loss += float(loss.detach()) * len(index) / world
         correct += int((logits.detach().argmax(1) == target).sum())
-        seen += len(index)
+        seen += len(target)
         progress.update(1)
         progress.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+    total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], runtime.dist)
     return total_loss / max(1, seen), 100.0 * correct / max(1, seen)
 
 
@@ -610,6 +760,10 @@ def train(
     resume: bool = False,
     stop_after_epochs: int | None = None,
     progress: bool | None = None,
+    distributed: DistributedContext | None = None,
+    amp: str | None = None,
+    channels_last: bool = False,
+    sync_batch_norm: bool = True,
 ) -> TrainResult:
     """Run (or resume) a training run into ``run_dir``.
 
@@ -627,10 +781,31 @@ def train(
         Return after this many epochs (of either phase) have run in this call,
         leaving a checkpoint to resume from: a planned interruption.
     progress:
-        Show tqdm progress bars on stderr (None: only on a terminal).
+        Show tqdm progress bars on stderr (None: only on a terminal); rank 0 only.
+    distributed:
+        This process's rank, the number of processes and the device
+        (:func:`binforge.model.distributed.init_distributed`); None: one process on CPU.
+    amp:
+        ``"bf16"`` or ``"fp16"``: autocast the forward pass (CUDA only; fp16 with a
+        gradient scaler). None: float32.
+    channels_last:
+        Model and input in channels-last memory format (faster convolutions on GPUs).
+    sync_batch_norm:
+        With several processes, batch-norm statistics over the global batch (the
+        one-process result); False: each rank normalises with its own share.
     """
     from tqdm import tqdm
 
+    runtime = _Runtime(distributed or DistributedContext(), amp=amp, channels_last=channels_last,
+                       sync_batch_norm=sync_batch_norm)  # fmt: skip
+    if amp is not None:
+        if amp not in AMP_MODES:
+            raise BinforgeError(f"unknown --amp {amp!r}; use one of {', '.join(AMP_MODES)}")
+        if runtime.device.type != "cuda":
+            raise BinforgeError("--amp runs on CUDA only; drop --amp or use --device cuda")
+        if amp == "fp16":
+            runtime.scaler = torch.amp.GradScaler("cuda")
+    main = runtime.dist.is_main
     run_dir = Path(run_dir)
     method = get_method(config.method)
     if config.arch not in ARCHS:
@@ -638,12 +813,15 @@ def train(
     if config.epochs < 1 or config.float_epochs < 0 or config.batch_size < 1:
         raise BinforgeError("epochs and batch size must be positive, float epochs >= 0")
 
-    train_images, train_labels, dataset = _load_split(config, "train", config.limit_train)
-    test_images, test_labels, _ = _load_split(config, "test", config.limit_test)
+    if config.image_size is not None and config.image_size < 1:
+        raise BinforgeError(f"image size must be a positive number of pixels, not {config.image_size}")
+    train_split = _load_split(config, "train", config.limit_train)
+    test_split = _load_split(config, "test", config.limit_test)
+    dataset = train_split.dataset
     config.in_shape = [int(s) for s in dataset.shape]
     config.num_classes = int(dataset.num_classes)
     config.classes = [str(c) for c in dataset.classes]
-    steps_per_epoch = math.ceil(len(train_labels) / config.batch_size)
+    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
 
     phases: list[tuple[str, int]] = []
     if not method.binary:
@@ -667,7 +845,8 @@ def train(
             raise BinforgeError(
                 f"{run_dir} already holds a run: add --resume to continue it or choose a new --out"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
         _seed_everything(config.seed)
 
     history: list[dict[str, Any]] = list(state["history"]) if state else []
@@ -675,7 +854,7 @@ def train(
     wall = float(state["wall_time"]) if state else 0.0
     epochs_this_call = 0
     t0 = time.perf_counter()
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and main
 
     model: nn.Module | None = None
     context: MethodContext | None = None
@@ -689,7 +868,7 @@ def train(
         first_epoch = start_epoch if resuming_here else 0
         total_steps = steps_per_epoch * phase_epochs
         if phase == "float":
-            model = _build_float_model(config)
+            model = runtime.place(_build_float_model(config))
             optimizer = torch.optim.Adam(model.parameters(), lr=config.lr) if method.binary \
                 else method.build_optimizer(model, config)
             phase_method = None
@@ -702,7 +881,8 @@ def train(
                     if config.init is not None:
                         _load_into(float_model, _float_state_from_init(config.init), config.init,
                                    config.arch)  # fmt: skip
-                model = method.build_model(config, float_model)
+                model = method.build_model(config, float_model.cpu())
+            model = runtime.place(model)
             optimizer = method.build_optimizer(model, config)
             phase_method = method
         schedule = CosineSchedule(_torch_optimizers(optimizer), total_steps)
@@ -719,6 +899,7 @@ def train(
                 phase_method.load_state_dict(state["method"])
             context.step = first_epoch * steps_per_epoch
             ckpt.set_rng_state(state["rng"])
+        net = runtime.wrap(model)
 
         for epoch in range(first_epoch, phase_epochs):
             if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
@@ -726,10 +907,11 @@ def train(
             context.epoch = epoch
             with tqdm(total=steps_per_epoch, desc=f"{phase} epoch {epoch + 1}/{phase_epochs}",
                       file=sys.stderr, disable=not show, leave=False) as bar:  # fmt: skip
-                loss, train_top1 = _run_epoch(model, optimizer, schedule, phase_method, context,
-                                              train_images, train_labels, config, phase, epoch,
-                                              bar)  # fmt: skip
-            top1 = evaluate_top1(model, test_images, test_labels)
+                loss, train_top1 = _run_epoch(model, net, optimizer, schedule, phase_method,
+                                              context, train_split, config, phase, epoch, bar,
+                                              runtime)  # fmt: skip
+            top1 = _evaluate(model, test_split, runtime)
+            assert_replicas_equal(model, runtime.dist, f"{phase} epoch {epoch + 1}")
             history.append({
                 "phase": phase, "epoch": epoch + 1,
                 "global_epoch": len(history) + 1,
@@ -738,30 +920,52 @@ def train(
             })  # fmt: skip
             epochs_this_call += 1
             wall_now = wall + time.perf_counter() - t0
-            print(f"{phase} epoch {epoch + 1}/{phase_epochs}: loss {loss:.4f}, "
-                  f"train top-1 {train_top1:.2f}%, test top-1 {top1:.2f}%", file=sys.stderr)  # fmt: skip
-            last_of_phase = epoch + 1 == phase_epochs
-            if phase == "float" and last_of_phase and method.binary:
-                ckpt.save_state_atomic(model.state_dict(), run_dir / FLOAT_MODEL_FILE)
-            ckpt.save_checkpoint(run_dir, {
-                "config": config.to_json(), "phase": phase, "epoch": epoch + 1,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "method": phase_method.state_dict() if phase_method is not None else {},
-                "rng": ckpt.rng_state(), "history": history, "log": log,
-                "wall_time": wall_now,
-            })  # fmt: skip
-            if log:
-                _write_log(run_dir / PRUNE_LOG_FILE, log)
+            if main:
+                print(f"{phase} epoch {epoch + 1}/{phase_epochs}: loss {loss:.4f}, "
+                      f"train top-1 {train_top1:.2f}%, test top-1 {top1:.2f}%", file=sys.stderr)  # fmt: skip
+                last_of_phase = epoch + 1 == phase_epochs
+                if phase == "float" and last_of_phase and method.binary:
+                    ckpt.save_state_atomic(_cpu_state(model), run_dir / FLOAT_MODEL_FILE)
+                ckpt.save_checkpoint(run_dir, {
+                    "config": config.to_json(), "phase": phase, "epoch": epoch + 1,
+                    "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "method": phase_method.state_dict() if phase_method is not None else {},
+                    "rng": ckpt.rng_state(), "history": history, "log": log,
+                    "wall_time": wall_now,
+                })  # fmt: skip
+                if log:
+                    _write_log(run_dir / PRUNE_LOG_FILE, log)
+            _barrier(runtime.dist)  # every rank returns or resumes from a written checkpoint
+        restore_batch_norm(model)
         if phase == "float" and method.binary:
             float_model = model
         state = None  # later phases start afresh
 
     assert model is not None and context is not None
     wall = wall + time.perf_counter() - t0
+    model.cpu()
     metrics = _final_metrics(config, model, method, context, history, wall)
-    _write_outputs(run_dir, config, model, method, metrics, log)
+    if runtime.dist.distributed or runtime.device.type != "cpu":
+        metrics["runtime"] = {"world_size": runtime.dist.world_size, "device": runtime.device.type,
+                              "backend": runtime.dist.backend, "amp": amp,
+                              "channels_last": channels_last,
+                              "sync_batch_norm": sync_batch_norm}  # fmt: skip
+    if main:
+        _write_outputs(run_dir, config, model, method, metrics, log)
+    _barrier(runtime.dist)
     return TrainResult(run_dir, metrics["final_top1"], metrics, finished=True)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().cpu() for key, value in model.state_dict().items()}
+
+
+def _barrier(context: DistributedContext) -> None:
+    if context.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def _write_log(path: Path, log: list[dict[str, Any]]) -> None:

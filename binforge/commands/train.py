@@ -13,6 +13,11 @@ examples:
   binforge train --data fashion-mnist --arch vgg-small --width 0.25 --method bop \\
       --float-epochs 2 --epochs 5 --out runs/bop
   binforge train ... --out runs/bop --resume          # continue an interrupted run
+  torchrun --nproc-per-node 2 -m binforge train ... --out runs/ddp   # data-parallel
+
+Under torchrun every process trains on its share of each global batch of
+--batch-size images (DistributedDataParallel; gloo on CPU, nccl on CUDA); rank 0
+writes the run folder. See docs/distributed.md.
 
 --t-start/--t-end take steps (300), epochs of the binary phase (2ep, 1.5ep) or a
 percentage of the binary phase (25%).
@@ -76,6 +81,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     from binforge.model.methods import add_method_arguments
 
     add_method_arguments(p)
+    p.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="height and width of folder=PATH images (default: 224)")
+    from binforge.model.distributed import AMP_MODES, DEVICES
+
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="cpu, cuda (one GPU per process: cuda:LOCAL_RANK) or auto "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--amp", choices=AMP_MODES, default=None,
+                   help="mixed-precision autocast on CUDA (fp16 with a gradient scaler)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory format for model and input (GPU convolutions)")
+    p.add_argument("--no-sync-bn", action="store_true",
+                   help="under torchrun: batch norm over each rank's share, not the global batch")
     p.add_argument("--resume", action="store_true", help="continue RUN/ from its checkpoint")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder")
     p.set_defaults(run=run)
@@ -83,6 +101,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    from binforge.model.distributed import init_distributed, shutdown_distributed
     from binforge.model.methods import method_options_from_args
     from binforge.model.train import RunConfig, train
 
@@ -93,14 +112,22 @@ def run(args: argparse.Namespace) -> int:
         limit_test=args.limit_test, augment=args.augment, use_bop=not args.no_bop,
         bop_threshold=args.bop_threshold, bop_gamma=args.bop_gamma, t_start=args.t_start,
         t_end=args.t_end, psi=args.psi, kappa=args.kappa,
-        method_options=method_options_from_args(args),
+        method_options=method_options_from_args(args), image_size=args.image_size,
     )  # fmt: skip
-    result = train(config, args.out, resume=args.resume)
+    context = init_distributed(args.device)
+    try:
+        result = train(config, args.out, resume=args.resume, distributed=context, amp=args.amp,
+                       channels_last=args.channels_last, sync_batch_norm=not args.no_sync_bn)  # fmt: skip
+    finally:
+        shutdown_distributed(context)
+    if not context.is_main:
+        return 0
     metrics = result.metrics
     bits = ", ".join(f"{r['name']} {r['weight_bits']}/{r['act_bits']}" for r in metrics["layers"])
     print(f"{config.method} {config.arch} on {config.data}: top-1 {metrics['final_top1']:.2f}% "
           f"after {len(metrics['history'])} epochs, {metrics['bit_ops']} Bit-OPs, "
-          f"{metrics['scaling_factors']} scaling factors, {metrics['wall_time_s']:.1f} s")  # fmt: skip
+          f"{metrics['scaling_factors']} scaling factors, {metrics['wall_time_s']:.1f} s"
+          + (f" on {context.world_size} processes" if context.distributed else ""))  # fmt: skip
     if bits:
         print(f"bit-widths (weight/activation): {bits}")
     if "pabt" in metrics:
