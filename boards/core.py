@@ -11,7 +11,14 @@ from amaranth.lib.wiring import In, Out
 from .host_link import HostLink
 from .uart import UARTReceiver, UARTTransmitter
 
-__all__ = ["BoardCore"]
+__all__ = ["BoardCore", "load_cycles_per_pixel"]
+
+
+def load_cycles_per_pixel(plan) -> int:
+    """Cycles the accelerator's loader spends on one pixel: one per bit plane, times the
+    first layer's window taps when it loads an im2col image (as hw.json's protocol says)."""
+    im2col = getattr(plan.input_layout, "im2col", None) if hasattr(plan, "input_layout") else None
+    return 8 * (im2col.kernel ** 2 if im2col else 1)
 
 
 class BoardCore(wiring.Component):
@@ -23,7 +30,9 @@ class BoardCore(wiring.Component):
     plan : binforge.hw.plan.NetworkPlan
         The network on its array (:func:`~binforge.hw.plan.plan_network`).
     divisor : int
-        UART clock cycles per bit (:func:`~binforge.boards.uart.uart_divisor`).
+        UART clock cycles per bit (:func:`~binforge.boards.uart.uart_divisor`). A UART
+        has no flow control, so a byte (``10 * divisor`` cycles) must take longer than
+        the accelerator's loader spends on a pixel (:func:`load_cycles_per_pixel`).
 
     Members
     -------
@@ -43,6 +52,10 @@ class BoardCore(wiring.Component):
         from binforge.hw.accelerator import Accelerator
 
         net = plan.net
+        need = load_cycles_per_pixel(plan)
+        if 10 * divisor <= need:
+            raise ValueError(f"a UART byte every {10 * divisor} cycles (divisor {divisor}) comes faster than "
+                             f"the accelerator loads a pixel ({need} cycles); use a lower baud rate")
         self._plan = plan
         self.accelerator = Accelerator(net, plan.rows, plan.cols, plan.simd, relay=plan.relay)
         self.receiver = UARTReceiver(divisor)

@@ -19,7 +19,7 @@ from binforge.sim.golden import run_network
 
 from binforge.cli import main
 
-DIVISOR = 4
+DIVISOR = 8  # a byte (80 cycles) outlasts the loader's 72 cycles per pixel (3x3 im2col)
 
 
 def _simulated_board(master_fd: int, core: BoardCore, reply_bytes: int) -> None:
@@ -105,11 +105,19 @@ def test_build_plan_only_from_a_hw_folder(hw_folder, tmp_path, capsys):
 
 
 def test_build_refuses_what_does_not_fit_before_any_tool_runs(hw_folder, tmp_path, capsys):
-    folder, _ = hw_folder
-    status = main(["build", str(folder), "--board", "icebreaker", "--out", str(tmp_path / "build")])
+    folder, net = hw_folder
+    # The same network on a 12 x 12 x 16 array, as hw.json would describe it.
+    desc = json.loads((folder / "hw.json").read_text())
+    desc.update(rows=12, cols=12, simd=16)
+    big = tmp_path / "hw"
+    big.mkdir()
+    (big / "hw.json").write_text(json.dumps(desc))
+    save(net, big)
+    status = main(["build", str(big), "--board", "icebreaker", "--out", str(tmp_path / "build")])
     assert status == 2
     err = capsys.readouterr().err
-    assert "binforge: error: the design does not fit the iCEBreaker: the 4x4x8 array (128 lanes) needs about" in err
+    assert "binforge: error: the design does not fit the iCEBreaker: " in err
+    assert "the 12x12x16 array (2304 lanes) needs about" in err
     assert "logic cells but the iCE40UP5K-SG48 has 5280" in err
     assert not (tmp_path / "build").exists() and not (tmp_path / "build.failed").exists()
 

@@ -4,6 +4,7 @@ in, the reply on the line out, checked bit-exactly against the golden model."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from amaranth.sim import Simulator
 from binforge.boards.core import BoardCore
 from binforge.boards.protocol import (
@@ -21,7 +22,7 @@ from binforge.compiler.random_network import random_network
 from binforge.hw.plan import analytic_cycles, plan_network
 from binforge.sim.golden import run_network
 
-DIVISOR = 4
+DIVISOR = 8  # a byte (80 cycles) outlasts the loader's 72 cycles per pixel (3x3 im2col)
 
 
 def _exchange(core: BoardCore, requests: list[bytes], reply_bytes: list[int], *, host_divisor=DIVISOR):
@@ -87,3 +88,10 @@ def test_digits_images_back_to_back_through_a_small_network():
     assert [r.predicted for r in got] == [int(p) for p in golden.predictions]
     assert [r.logits for r in got] == [tuple(int(v) for v in row) for row in golden.logits]
     assert [r.cycles for r in got] == counted == [analytic_cycles(plan)["total"]] * 2
+
+
+def test_a_uart_faster_than_the_loader_is_refused():
+    plan = plan_network(random_network(3), 4, 4, 8)
+    with pytest.raises(ValueError, match=r"a UART byte every 40 cycles \(divisor 4\) comes faster than "
+                                         r"the accelerator loads a pixel \(72 cycles\); use a lower baud rate"):
+        BoardCore(plan, 4)
