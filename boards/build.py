@@ -83,7 +83,10 @@ def prepare_board_build(net, rows: int, cols: int, simd: int, board: Board, *,
         divisor = uart_divisor(board.clock_hz, baud)
     except ValueError as exc:
         raise BinforgeError(f"{exc} on the {board.title}") from None
-    core = BoardCore(plan, divisor)
+    try:
+        core = BoardCore(plan, divisor)
+    except ValueError as exc:
+        raise BinforgeError(f"{exc} on the {board.title}") from None
     platform = make_platform(board, clock_hz)
     top = BoardTop(core, board.clock_hz)
     return platform, top, plan, estimate
