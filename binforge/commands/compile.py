@@ -43,6 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--error-images", type=int, default=256, metavar="N",
                         help="train images on which to measure the first layer's and the classifier's "
                         "output error (default 256; 0 skips it)")
+    parser.add_argument("--qonnx", action="store_true",
+                        help="also write NET/network.onnx: the network as a QONNX graph (MultiThreshold, "
+                        "BipolarQuant; batch size 1) that computes the same integer logits, for FINN")
     parser.set_defaults(run=run)
     return parser
 
@@ -52,6 +55,17 @@ def _check_bits(args: argparse.Namespace) -> None:
                                    ("--gain-bits", args.gain_bits, 0, 24), ("--bias-bits", args.bias_bits, 0, 24)):
         if not low <= value <= high:
             raise BinforgeError(f"{flag} must be between {low} and {high}, not {value}")
+
+
+def _write_qonnx(net, path: Path) -> None:
+    try:
+        from binforge.compiler.qonnx_export import QonnxExportError, export_qonnx
+
+        export_qonnx(net, path)
+    except ModuleNotFoundError as exc:
+        raise BinforgeError(f"--qonnx needs the {exc.name} package: pip install 'binforge[onnx]'") from None
+    except QonnxExportError as exc:
+        raise BinforgeError(f"cannot export QONNX: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,10 +107,14 @@ def run(args: argparse.Namespace) -> int:
             ir.save(net, tmp)
         except ir.IRError as exc:  # a compiler bug: the network it built does not validate
             raise BinforgeError(f"the compiled network does not validate ({exc}); please report this") from None
+        if args.qonnx:
+            _write_qonnx(net, tmp / "network.onnx")
         write_report(tmp, "compile", run=os.path.abspath(run_dir), network=net.name, **meta,
                      **report.to_json())
 
     print(f"compiled   {run_dir} ({meta['arch']}, {meta['method']}) -> {args.out}")
+    if args.qonnx:
+        print(f"qonnx      {Path(args.out) / 'network.onnx'}")
     print(f"{'layer':<10} {'kind':<8} {'in':>12} {'out':>12} {'planes':>7} {'ops':>4} {'acc bits':>8}")
     for entry in report.layers:
         shape_in = "x".join(map(str, entry["in_shape"]))
