@@ -699,8 +699,19 @@ def _optimizer_step(optimizer: Any, loss: torch.Tensor, runtime: _Runtime) -> No
                 p.clamp_(-1.0, 1.0)
 
 
-def _run_epoch(model, net, optimizer, schedule, method, context, split, config, phase,
-               epoch, progress, runtime) -> tuple[float, float]:  # fmt: skip
+def _run_epoch(model, optimizer, schedule, method, context, images, labels, config, phase,
+               epoch, progress) -> tuple[float, float]:  # fmt: skip
+    """One pass of one process over in-memory ``images``/``labels``; (mean loss, train top-1 %).
+
+    The form ``binforge.model.methods.iterative`` drives its sensitivity models with.
+    """
+    return _train_epoch(model, model, optimizer, schedule, method, context,
+                        _Split(None, labels, images), config, phase, epoch, progress,
+                        _Runtime(DistributedContext()))  # fmt: skip
+
+
+def _train_epoch(model, net, optimizer, schedule, method, context, split, config, phase,
+                 epoch, progress, runtime) -> tuple[float, float]:  # fmt: skip
     """One pass over the training split; returns (mean loss, train top-1 %) over all ranks.
 
     ``net`` is what the forward pass goes through (``model`` or its DDP wrapper).
@@ -907,9 +918,9 @@ def train(
             context.epoch = epoch
             with tqdm(total=steps_per_epoch, desc=f"{phase} epoch {epoch + 1}/{phase_epochs}",
                       file=sys.stderr, disable=not show, leave=False) as bar:  # fmt: skip
-                loss, train_top1 = _run_epoch(model, net, optimizer, schedule, phase_method,
-                                              context, train_split, config, phase, epoch, bar,
-                                              runtime)  # fmt: skip
+                loss, train_top1 = _train_epoch(model, net, optimizer, schedule, phase_method,
+                                                context, train_split, config, phase, epoch, bar,
+                                                runtime)  # fmt: skip
             top1 = _evaluate(model, test_split, runtime)
             assert_replicas_equal(model, runtime.dist, f"{phase} epoch {epoch + 1}")
             history.append({
