@@ -4,7 +4,6 @@ in, the reply on the line out, checked bit-exactly against the golden model."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from amaranth.sim import Simulator
 from binforge.boards.core import BoardCore
 from binforge.boards.protocol import (
@@ -90,8 +89,7 @@ def test_digits_images_back_to_back_through_a_small_network():
     assert [r.cycles for r in got] == counted == [analytic_cycles(plan)["total"]] * 2
 
 
-def test_a_uart_faster_than_the_loader_is_refused():
+def test_a_uart_faster_than_the_loader_is_refused(rejects):
     plan = plan_network(random_network(3), 4, 4, 8)
-    with pytest.raises(ValueError, match=r"a UART byte every 40 cycles \(divisor 4\) comes faster than "
-                                         r"the accelerator loads a pixel \(72 cycles\); use a lower baud rate"):
-        BoardCore(plan, 4)
+    rejects(ValueError, "a UART byte every 40 cycles (divisor 4) comes faster than the accelerator "
+            "loads a pixel (72 cycles); use a lower baud rate", BoardCore, plan, 4)

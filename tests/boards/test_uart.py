@@ -33,11 +33,9 @@ def test_uart_divisor_refuses_slow_clock_and_bad_rate():
         uart_divisor(10e6, 2_000_000 * 1.2)
 
 
-def test_divisor_is_checked():
-    with pytest.raises(ValueError, match="divisor must be an integer of at least 4, not 3"):
-        UARTReceiver(3)
-    with pytest.raises(ValueError, match="divisor must be an integer of at least 4, not 2.5"):
-        UARTTransmitter(2.5)
+def test_divisor_is_checked(rejects):
+    rejects(ValueError, "divisor must be an integer of at least 4, not 3", UARTReceiver, 3)
+    rejects(ValueError, "divisor must be an integer of at least 4, not 2.5", UARTTransmitter, 2.5)
 
 
 @pytest.mark.parametrize("host_divisor, board_divisor, stall", [(8, 8, 0), (16, 16, 3), (33, 32, 0), (31, 32, 5)])
