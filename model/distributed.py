@@ -44,6 +44,7 @@ __all__ = [
     "synchronize_batch_norm",
     "restore_batch_norm",
     "all_reduce_sum",
+    "broadcast_buffers",
     "assert_replicas_equal",
 ]
 
@@ -271,6 +272,18 @@ def all_reduce_sum(values: list[float], context: DistributedContext) -> list[flo
     tensor = torch.tensor(values, dtype=torch.float64, device=context.device)
     dist.all_reduce(tensor)
     return [float(v) for v in tensor.cpu()]
+
+
+def broadcast_buffers(module: nn.Module, context: DistributedContext) -> None:
+    """Give every rank rank 0's buffers (batch-norm statistics, masks); no-op for one rank.
+
+    DDP does this before every forward pass; after an epoch's last step the
+    ranks' batch-norm statistics differ when each normalised its own share.
+    """
+    if not context.distributed:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def _fingerprint(module: nn.Module) -> tuple[list[str], torch.Tensor]:

@@ -67,6 +67,7 @@ from binforge.model.distributed import (
     DistributedContext,
     all_reduce_sum,
     assert_replicas_equal,
+    broadcast_buffers,
     restore_batch_norm,
     synchronize_batch_norm,
 )
@@ -921,6 +922,7 @@ def train(
                 loss, train_top1 = _train_epoch(model, net, optimizer, schedule, phase_method,
                                                 context, train_split, config, phase, epoch, bar,
                                                 runtime)  # fmt: skip
+            broadcast_buffers(model, runtime.dist)  # rank 0's statistics (--no-sync-bn)
             top1 = _evaluate(model, test_split, runtime)
             assert_replicas_equal(model, runtime.dist, f"{phase} epoch {epoch + 1}")
             history.append({

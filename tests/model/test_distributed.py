@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 from binforge.model.distributed import (
     DistributedContext,
     SyncedBatchNorm2d,
+    assert_replicas_equal,
     launched_by_torchrun,
     resolve_device,
     restore_batch_norm,
@@ -75,6 +76,19 @@ def _worker(rank: int, world_size: int, port: int, root: str) -> None:
         assert not partial.finished
         train(replace(TINY), root_path / "resumed", distributed=context, resume=True,
               progress=False)  # fmt: skip
+        # the replica check: silent on equal replicas, names the tensor that differs
+        probe = nn.Linear(2, 2)
+        outcomes = []
+        for value in (1.0, 1.0 + rank):
+            with torch.no_grad():
+                probe.weight.fill_(value)
+                probe.bias.fill_(0.5)
+            try:
+                assert_replicas_equal(probe, context, "probe")
+                outcomes.append("equal")
+            except RuntimeError as exc:
+                outcomes.append(str(exc))
+        (root_path / f"probe.rank{rank}.json").write_text(json.dumps(outcomes))
     finally:
         dist.destroy_process_group()
 
@@ -97,6 +111,14 @@ def test_two_ranks_end_with_identical_masks_and_weights(runs):
         assert rank0.keys() == rank1.keys()
         for key in rank0:
             assert torch.equal(rank0[key], rank1[key]), (name, key)
+
+
+def test_replica_check_names_the_tensor_that_differs(runs):
+    for rank in (0, 1):
+        equal, differing = json.loads((runs / f"probe.rank{rank}.json").read_text())
+        assert equal == "equal"
+        assert differing.startswith("probe: rank ") and "disagree on weight" in differing
+        assert "bias" not in differing
 
 
 def test_two_ranks_match_one_process_with_the_same_global_batch(runs):
@@ -139,6 +161,7 @@ def test_torchrun_runs_the_cli_with_two_gloo_processes(tmp_path):
                "-m", "binforge", "train", "--data", "digits", "--arch", "mlp", "--width", "0.125",
                "--method", "bop", "--M", "1", "--N", "1", "--float-epochs", "1", "--epochs", "1",
                "--batch-size", "40", "--limit-train", "80", "--limit-test", "40", "--device", "cpu",
+               "--no-sync-bn",
                "--out", str(out)]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
@@ -149,6 +172,9 @@ def test_torchrun_runs_the_cli_with_two_gloo_processes(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["command"] == "train"
     assert (out / "model.pt").is_file() and (out / "checkpoint.pt").is_file()
+    runtime = json.loads((out / "metrics.json").read_text())["runtime"]
+    assert runtime == {"world_size": 2, "device": "cpu", "backend": "gloo", "amp": None,
+                       "channels_last": False, "sync_batch_norm": False}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
