@@ -301,7 +301,8 @@ def run_testbench(design: BuiltDesign, test_module: str, *, run_dir: str | os.Pa
     The testbench reads ``stimulus`` (path in ``BINFORGE_TB_STIMULUS``) and writes its
     report to ``run_dir/report-<testcase>.json`` (path in ``BINFORGE_TB_REPORT``).
     Raises :class:`SimulationFailed` with the testbench's own message (layer, channel,
-    position, expected, got) when a cocotb test fails or the simulator crashes.
+    position, expected, got) when a cocotb test fails or the simulator crashes. A design
+    built with waves records them into its build folder (``report["waves"]`` names the file).
     """
     from cocotb_tools.runner import get_runner
 
@@ -317,13 +318,22 @@ def run_testbench(design: BuiltDesign, test_module: str, *, run_dir: str | os.Pa
     if stimulus is not None:
         env[STIMULUS_ENV] = str(Path(stimulus).resolve())
     runner = get_runner(design.simulator)
+    test_args, plusargs, waves_file = [], [], None
+    if design.waves:  # into the build folder, named after the run
+        if design.simulator == "verilator":
+            waves_file = design.build_dir / f"{tag}-{run_dir.name}.vcd"
+            test_args = ["--trace-file", str(waves_file)]
+        else:
+            waves_file = design.build_dir / f"{tag}-{run_dir.name}.fst"
+            plusargs = [f"+dumpfile_path={waves_file}"]
     t0 = time.perf_counter()
     exit_reason = None
     # Under pytest the runner itself exits on failure; outside it returns the results file.
     try:
         runner.test(test_module=test_module, hdl_toplevel=design.toplevel, hdl_toplevel_lang="verilog",
                     build_dir=design.build_dir, test_dir=run_dir, testcase=testcase, seed=seed,
-                    extra_env=env, waves=design.waves, timescale=TIMESCALE,
+                    extra_env=env, waves=design.waves, timescale=TIMESCALE, test_args=test_args,
+                    plusargs=plusargs,
                     results_xml=str(results_xml), log_file=run_dir / f"sim-{tag}.log")
     except SystemExit as exc:
         exit_reason = f"simulator exit status {exc.code}"
@@ -341,4 +351,6 @@ def run_testbench(design: BuiltDesign, test_module: str, *, run_dir: str | os.Pa
     if report is None:
         raise SimulationFailed(f"{design.simulator} testbench {test_module} wrote no report to {report_path}")
     report.setdefault("wall_seconds", round(seconds, 3))
+    if waves_file is not None:
+        report["waves"] = str(waves_file)
     return report

@@ -2,6 +2,7 @@
 
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +105,14 @@ def test_mismatch_is_reported_with_position(simulator, build_root, xnor_verilog,
     assert info.value.report["mismatch_count"] == 1
     assert info.value.report["mismatches"][0]["index"] == 9
     assert "index=9" in str(info.value)
+
+
+def test_waves_are_written_into_the_build_folder_when_asked(simulator, build_root, xnor_verilog, tmp_path):
+    design = build_design(simulator, [xnor_verilog], "xnor_dot8", build_root=build_root, waves=True)
+    plain = build_design(simulator, [xnor_verilog], "xnor_dot8", build_root=build_root)
+    assert design.waves and design.build_dir != plain.build_dir  # a separate build, its own hash
+    a, w, expected = random_vectors(10, seed=5)
+    stim = write_stimulus(tmp_path / "stim.npz", a, w, expected, seed=2, signed=True)
+    report = run_testbench(design, "binforge.sim.tb.stream_tb", run_dir=tmp_path, stimulus=stim)
+    waves = Path(report["waves"])
+    assert waves.parent == design.build_dir and waves.stat().st_size > 100
