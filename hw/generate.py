@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from amaranth.back import verilog
+from binforge.compiler import ir
 from binforge.compiler.ir import Network
 
 from .accelerator import CYCLES_WIDTH, Accelerator
@@ -78,7 +79,8 @@ def describe(plan, cycles: dict) -> dict:
 
 def generate(net: Network, rows: int, cols: int, simd: int, out_dir, *, relay: int = DEFAULT_RELAY,
              gain_mode: str = DEFAULT_GAIN_MODE, max_bram_bits: int | None = None) -> dict:
-    """Write ``binforge_top.v`` and ``hw.json`` for ``net`` on an R x C x S array into ``out_dir``.
+    """Write ``binforge_top.v``, ``hw.json`` and the network itself (``network.json`` +
+    ``weights.npz``) for ``net`` on an R x C x S array into ``out_dir``.
 
     Raises ValueError when the network cannot be mapped (bad parameters, widths, or
     memories beyond ``max_bram_bits``). Returns hw.json's content.
@@ -94,6 +96,8 @@ def generate(net: Network, rows: int, cols: int, simd: int, out_dir, *, relay: i
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / VERILOG_FILE).write_text(text)
+    # HW/ carries the network it was generated from, so `sim` and `build` need no --net.
+    ir.save(net, out)
     desc = describe(plan, analytic_cycles(plan))
     (out / HW_JSON).write_text(json.dumps(desc, indent=2) + "\n")
     return desc

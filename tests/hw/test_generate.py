@@ -59,3 +59,12 @@ def test_hw_command_refuses_what_does_not_fit(net, tmp_path, capsys):
 def test_generate_rejects_bad_parameters(net, tmp_path, rows, cols, simd, message):
     with pytest.raises(ValueError, match=f"^{message}$"):
         generate(net, rows, cols, simd, tmp_path)
+
+
+def test_generated_folder_carries_its_network(net, tmp_path):
+    generate(net, 2, 1, 16, tmp_path)
+    back = ir.load(tmp_path)
+    assert back.name == net.name and len(back.layers) == len(net.layers)
+    for a, b in zip(net.layers, back.layers, strict=True):
+        if a.kind != "maxpool":
+            assert (a.weights == b.weights).all() and a.ops == b.ops
