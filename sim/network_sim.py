@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from binforge.compiler.ir import Network
-from binforge.errors import BinforgeError
 from binforge.sim.cocotb_runner import SimulationFailed, build_design, run_testbench
 from binforge.sim.golden import run_network
+
+from binforge.errors import BinforgeError
 
 __all__ = ["HW_JSON", "TESTBENCH", "NetworkSimResult", "read_hw", "write_accelerator_stimulus",
            "simulate_network"]

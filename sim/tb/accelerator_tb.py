@@ -19,10 +19,15 @@ from __future__ import annotations
 import time
 
 import cocotb
-from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge, SimTimeoutError, with_timeout
-
-from binforge.sim.tb.harness import Scoreboard, cycles_now, load_stimulus, start_clock, wake_combinational
+from binforge.sim.tb.harness import (
+    Scoreboard,
+    cycles_now,
+    load_stimulus,
+    start_clock,
+    wake_combinational,
+)
 from binforge.sim.tb.streams import StreamDriver, StreamSink
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge, SimTimeoutError, with_timeout
 
 __all__ = ["classify_images"]
 

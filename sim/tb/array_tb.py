@@ -10,9 +10,14 @@ Stimulus arrays, one entry per beat (cycle): ``act`` bits ``(beats, cols, simd)`
 from __future__ import annotations
 
 import cocotb
+from binforge.sim.tb.harness import (
+    Scoreboard,
+    bits_to_int,
+    load_stimulus,
+    signed_fields,
+    start_clock,
+)
 from cocotb.triggers import ReadOnly, RisingEdge
-
-from binforge.sim.tb.harness import Scoreboard, bits_to_int, load_stimulus, signed_fields, start_clock
 
 __all__ = ["array_sums"]
 

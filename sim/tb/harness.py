@@ -17,12 +17,11 @@ from typing import Any
 
 import cocotb
 import numpy as np
+from binforge.compiler.ir import pack_bits
+from binforge.sim.cocotb_runner import REPORT_ENV, STIMULUS_ENV
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 from cocotb.utils import get_sim_time
-
-from binforge.compiler.ir import pack_bits
-from binforge.sim.cocotb_runner import REPORT_ENV, STIMULUS_ENV
 
 __all__ = ["CLOCK_NS", "Stimulus", "load_stimulus", "start_clock", "wake_combinational", "reset", "cycles_now", "bits_to_int",
            "signed_fields", "Scoreboard"]

@@ -11,9 +11,14 @@ caller checks the writes against the golden model's layer outputs.
 from __future__ import annotations
 
 import cocotb
+from binforge.sim.tb.harness import (
+    Scoreboard,
+    load_stimulus,
+    reset,
+    start_clock,
+    wake_combinational,
+)
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
-
-from binforge.sim.tb.harness import Scoreboard, load_stimulus, reset, start_clock, wake_combinational
 
 __all__ = ["drain_groups"]
 

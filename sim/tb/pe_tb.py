@@ -9,9 +9,8 @@ sum ending at a ``last`` beat, else 0), ``sum_index``. ``meta``: ``popcount_dept
 from __future__ import annotations
 
 import cocotb
-from cocotb.triggers import ReadOnly, RisingEdge
-
 from binforge.sim.tb.harness import Scoreboard, bits_to_int, load_stimulus, start_clock
+from cocotb.triggers import ReadOnly, RisingEdge
 
 __all__ = ["pe_sums"]
 

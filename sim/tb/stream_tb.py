@@ -8,7 +8,6 @@ in order); ``meta``: ``seed``, ``in_port``, ``out_port``, ``in_stall``, ``out_st
 from __future__ import annotations
 
 import cocotb
-
 from binforge.sim.tb.harness import Scoreboard, load_stimulus, reset, start_clock
 from binforge.sim.tb.streams import StreamDriver, StreamSink, stream_port
 

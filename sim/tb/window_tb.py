@@ -11,9 +11,14 @@ The testbench itself checks that every layer finishes within ``meta["max_cycles"
 from __future__ import annotations
 
 import cocotb
+from binforge.sim.tb.harness import (
+    Scoreboard,
+    load_stimulus,
+    reset,
+    start_clock,
+    wake_combinational,
+)
 from cocotb.triggers import ReadOnly, RisingEdge
-
-from binforge.sim.tb.harness import Scoreboard, load_stimulus, reset, start_clock, wake_combinational
 
 __all__ = ["record_beats"]
 

@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from binforge.compiler.ir import Shape
 from binforge.compiler.random_network import random_network
 from binforge.hw.generate import generate

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 from amaranth.back import verilog
-
 from binforge.sim.golden import conv_windows
 
 

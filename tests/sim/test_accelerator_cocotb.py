@@ -4,10 +4,14 @@ counter equal to the analytic model."""
 
 import numpy as np
 import pytest
-
 from binforge.sim.cocotb_runner import SimulationFailed, build_design, run_testbench
 from binforge.sim.golden import run_network
-from binforge.sim.network_sim import TESTBENCH, read_hw, simulate_network, write_accelerator_stimulus
+from binforge.sim.network_sim import (
+    TESTBENCH,
+    read_hw,
+    simulate_network,
+    write_accelerator_stimulus,
+)
 
 pytestmark = pytest.mark.sim
 

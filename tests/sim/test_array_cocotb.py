@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
-from stimulus_files import convert, write_stimulus
-
 from binforge.compiler.ir import pack_bits, popcount
 from binforge.hw.array import XnorPopcountArray
 from binforge.hw.pe import GainFormat
 from binforge.sim.cocotb_runner import build_design, run_testbench
+from stimulus_files import convert, write_stimulus
 
 pytestmark = pytest.mark.sim
 

@@ -10,9 +10,7 @@ from amaranth import Module, Signal, signed
 from amaranth.back import verilog
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
-
 from binforge.compiler.ir import pack_bits, xnor_dot
-from binforge.errors import BinforgeError
 from binforge.sim.cocotb_runner import (
     SimulationFailed,
     build_design,
@@ -20,6 +18,8 @@ from binforge.sim.cocotb_runner import (
     run_testbench,
     simulator_missing,
 )
+
+from binforge.errors import BinforgeError
 
 pytestmark = pytest.mark.sim
 

@@ -7,9 +7,9 @@ import json
 import time
 
 import pytest
+from binforge.model.data import FASHION_MNIST_DIR
 
 from binforge.cli import main
-from binforge.model.data import FASHION_MNIST_DIR
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 

@@ -5,8 +5,6 @@ and its class index the golden class."""
 
 import numpy as np
 import pytest
-from stimulus_files import convert, memory_image, write_stimulus
-
 from binforge.compiler.ir import Shape
 from binforge.compiler.random_network import random_network
 from binforge.hw.descriptor import DescriptorFormat
@@ -14,6 +12,7 @@ from binforge.hw.output_stage import OutputStage
 from binforge.hw.plan import DRAIN_TAIL_CYCLES, plan_network, tensor_layouts
 from binforge.sim.cocotb_runner import build_design, run_testbench
 from binforge.sim.golden import run_network
+from stimulus_files import convert, memory_image, write_stimulus
 
 pytestmark = pytest.mark.sim
 

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-from stimulus_files import convert, write_stimulus
-
 from binforge.compiler.ir import pack_bits, popcount
 from binforge.hw.pe import GainFormat, XnorPopcountPE
 from binforge.sim.cocotb_runner import build_design, run_testbench, simulator_missing
+from stimulus_files import convert, write_stimulus
 
 pytestmark = pytest.mark.sim
 

@@ -2,12 +2,12 @@
 
 import json
 
-import pytest
-
 import binforge.sim.cocotb_runner as cocotb_runner
-from binforge.cli import main
+import pytest
 from binforge.compiler import ir
 from binforge.compiler.random_network import random_network
+
+from binforge.cli import main
 
 pytestmark = pytest.mark.sim
 

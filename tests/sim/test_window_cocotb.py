@@ -4,8 +4,6 @@ accumulators for every channel and position (the same sums the array would form)
 
 import numpy as np
 import pytest
-from stimulus_files import convert, memory_image, write_stimulus
-
 from binforge.compiler.ir import Shape, pack_bits, pixel_planes, popcount
 from binforge.compiler.random_network import random_network
 from binforge.hw.descriptor import DescriptorFormat
@@ -13,6 +11,7 @@ from binforge.hw.plan import plan_network, tensor_layouts
 from binforge.hw.window import WindowGenerator
 from binforge.sim.cocotb_runner import build_design, run_testbench
 from binforge.sim.golden import run_network
+from stimulus_files import convert, memory_image, write_stimulus
 
 pytestmark = pytest.mark.sim
 
