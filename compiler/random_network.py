@@ -11,7 +11,6 @@ accumulator range, so output bits are not constant.
 from __future__ import annotations
 
 import numpy as np
-
 from binforge.compiler.ir import (
     INPUT_PLANES,
     AffineStage,
@@ -28,6 +27,9 @@ from binforge.compiler.ir import (
 )
 
 __all__ = ["random_network", "random_conv", "random_linear", "first_layer_ops"]
+
+#: The default input: one 8 x 8 channel, like the digits data set.
+DEFAULT_SHAPE = Shape(1, 8, 8)
 
 
 def first_layer_ops(weight_planes: int, act_planes: int = INPUT_PLANES) -> tuple[Op, ...]:
@@ -76,7 +78,7 @@ def random_linear(rng: np.random.Generator, in_shape: Shape, in_planes: int, out
                    out=out_features, out_features=out_features, weights=weights, ops=ops)
 
 
-def random_network(seed: int | np.random.Generator = 0, *, in_shape: Shape = Shape(1, 8, 8),
+def random_network(seed: int | np.random.Generator = 0, *, in_shape: Shape = DEFAULT_SHAPE,
                    channels: tuple[int, ...] = (4, 6), first_weight_planes: int = 2,
                    act_planes: tuple[int, ...] = (2, 1), pool: bool = True, num_classes: int = 4,
                    last_weight_planes: int = 2) -> Network:

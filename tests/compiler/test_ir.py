@@ -4,11 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from binforge.compiler import ir
 from binforge.compiler.random_network import random_network
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @given(st.lists(st.integers(0, 1), min_size=1, max_size=300), st.data())
