@@ -71,7 +71,7 @@ HORNER_MAX_STEP = 3
 def horner_stimulus(simd: int, fmt: GainFormat, sums: int, seed: int):
     """Horner sums: each beat doubles the accumulator ``step`` times, then adds +-popcount."""
     rng = np.random.default_rng(seed)
-    act, weight, first, last, gain, sum_of, neg, steps = [], [], [], [], [], [], [], []
+    act, weight, first, last, sum_of, neg, steps = [], [], [], [], [], [], []
     for k in range(sums):
         for _ in range(int(rng.integers(0, 3))):  # gap beats outside any sum
             act.append(rng.integers(0, 2, simd)), weight.append(rng.integers(0, 2, simd))
