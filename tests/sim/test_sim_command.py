@@ -1,6 +1,7 @@
 """``binforge sim``: images through the RTL from the command line, report.json, clear errors."""
 
 import json
+import shutil
 
 import binforge.sim.cocotb_runner as cocotb_runner
 import pytest
@@ -58,8 +59,14 @@ def test_sim_command_refuses_a_network_the_hardware_was_not_made_from(tiny_net_d
     assert "give the network the hardware was generated from" in capsys.readouterr().err
 
 
-def test_sim_command_needs_the_network(tiny_net_dir, capsys):
+def test_sim_command_reads_the_network_from_hw_or_asks_for_it(tiny_net_dir, build_root, tmp_path, capsys):
     _, hw = tiny_net_dir
-    rc = main(["sim", str(hw), "--data", "synthetic=1,6,6,4", "--limit", "1"])
+    # binforge hw writes the network beside the Verilog: no --net needed
+    rc = main(["sim", str(hw), "--data", "synthetic=1,6,6,4", "--limit", "1", "--build-root", str(build_root)])
+    assert rc == 0, capsys.readouterr()
+    bare = tmp_path / "bare"
+    shutil.copytree(hw, bare)
+    (bare / ir.NETWORK_JSON).unlink()
+    rc = main(["sim", str(bare), "--data", "synthetic=1,6,6,4", "--limit", "1"])
     assert rc == 2
     assert "--net NET/" in capsys.readouterr().err
