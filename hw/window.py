@@ -104,9 +104,10 @@ class WindowGenerator(wiring.Component):
         op_rd = op_table.read_port(domain="comb")
 
         aw = self._addr_width + 3  # signed working width for window addresses
-        op = Signal(16)
-        ky, kx, j = Signal(16), Signal(16), Signal(16)
-        cg, pg = Signal(24), Signal(24)
+        # Loop counters, each as wide as its descriptor limit (the "...l" field: last value).
+        op, ky, kx, j = (Signal(len(d.opl)), Signal(len(d.khl)), Signal(len(d.kwl)),
+                         Signal(len(d.cwl)))
+        cg, pg = Signal(len(d.cgl)), Signal(len(d.pgl))
         row_off = Signal(aw)
         tap_off = Signal(aw)
         wgroup = Signal(len(self.weight_addr) + 1)  # the channel group's first weight word
@@ -119,10 +120,21 @@ class WindowGenerator(wiring.Component):
         xi0 = [Signal(signed(aw), name=f"xi0_{c}") for c in range(cols)]
         base = [Signal(signed(aw), name=f"base_{c}") for c in range(cols)]
 
-        first = (op == 0) & (ky == 0) & (kx == 0) & (j == 0)
-        run_end = (kx == d.kwl) & (j == d.cwl)
-        last = (op == d.opl) & (ky == d.khl) & run_end
-        stall = first & (guard != 0)
+        # Registered loop flags: each counter's "at its last value" (and "all at zero",
+        # "guard running") is kept in a flip-flop, updated together with its counter from
+        # the counter's increment compared with the limit. The beat control and every
+        # register enable are then ANDs of flip-flops, with no compare chained through
+        # the nested counters.
+        op_last, ky_last, kx_last, j_last = (Signal(init=1, name=n)
+                                             for n in ("op_last", "ky_last", "kx_last", "j_last"))
+        cg_last, pg_last = Signal(init=1), Signal(init=1)
+        at_first = Signal(init=1)  # op, ky, kx and j are all 0: a group's first beat
+        guard_on = Signal()  # guard != 0
+
+        first = at_first
+        run_end = kx_last & j_last
+        last = op_last & ky_last & run_end
+        stall = at_first & guard_on
         issue = running & ~stall
         # Every output is registered (stage A -> A'): the address adders and pad compares
         # get a cycle of their own before the memories.
@@ -139,7 +151,7 @@ class WindowGenerator(wiring.Component):
         m.d.sync += [self.beat.eq(issue & ~self.start), self.first.eq(first), self.last.eq(last),
                      self.gain.eq(gain_code),
                      self.weight_addr.eq(wgroup + op_rd.data[ow:ow + ww] + in_op),
-                     self.pad_word.eq(Mux(j == d.cwl, d.pad_last, d.pad_full))]
+                     self.pad_word.eq(Mux(j_last, d.pad_last, d.pad_full))]
         plane_off = op_rd.data[:ow]
         for c in range(cols):
             y = yi0[c] + ky
@@ -149,38 +161,49 @@ class WindowGenerator(wiring.Component):
                 self.pad[c].eq((y < 0) | (y >= d.in_h) | (x < 0) | (x >= d.in_w)),
             ]
 
-        with m.If(guard != 0):
-            m.d.sync += guard.eq(guard - 1)
+        with m.If(guard_on):
+            m.d.sync += [guard.eq(guard - 1), guard_on.eq(guard != 1)]
         with m.If(self.start):
             m.d.sync += [running.eq(1), op.eq(0), ky.eq(0), kx.eq(0), j.eq(0), cg.eq(0), pg.eq(0),
-                         row_off.eq(0), tap_off.eq(0), guard.eq(0)]
+                         row_off.eq(0), tap_off.eq(0), guard.eq(0), guard_on.eq(0)]
             m.d.sync += [wgroup.eq(self.init.weight_base), in_op.eq(0)]
+            m.d.sync += [op_last.eq(self.init.opl == 0), ky_last.eq(self.init.khl == 0),
+                         kx_last.eq(self.init.kwl == 0), j_last.eq(self.init.cwl == 0),
+                         cg_last.eq(self.init.cgl == 0), pg_last.eq(self.init.pgl == 0),
+                         at_first.eq(1)]
             for c in range(cols):
                 m.d.sync += [yi0[c].eq(self.init.yi0[c]), xi0[c].eq(self.init.xi0[c]),
                              base[c].eq(self.init.base[c])]
         with m.Elif(issue):
-            m.d.sync += in_op.eq(in_op + 1)
+            m.d.sync += [in_op.eq(in_op + 1), at_first.eq(0)]
             with m.If(~run_end):
                 m.d.sync += tap_off.eq(tap_off + 1)
-                with m.If(j == d.cwl):
-                    m.d.sync += [j.eq(0), kx.eq(kx + 1)]
+                with m.If(j_last):
+                    m.d.sync += [j.eq(0), j_last.eq(d.cwl == 0), kx.eq(kx + 1),
+                                 kx_last.eq(kx + 1 == d.kwl)]
                 with m.Else():
-                    m.d.sync += j.eq(j + 1)
-            with m.Elif(ky != d.khl):
+                    m.d.sync += [j.eq(j + 1), j_last.eq(j + 1 == d.cwl)]
+            with m.Elif(~ky_last):
                 m.d.sync += [j.eq(0), kx.eq(0), ky.eq(ky + 1), row_off.eq(row_off + d.tap_row_step),
                              tap_off.eq(row_off + d.tap_row_step)]
+                m.d.sync += [j_last.eq(d.cwl == 0), kx_last.eq(d.kwl == 0), ky_last.eq(ky + 1 == d.khl)]
             with m.Else():
                 m.d.sync += [j.eq(0), kx.eq(0), ky.eq(0), row_off.eq(0), tap_off.eq(0)]
+                m.d.sync += [j_last.eq(d.cwl == 0), kx_last.eq(d.kwl == 0), ky_last.eq(d.khl == 0)]
                 m.d.sync += in_op.eq(0)
-                with m.If(op != d.opl):
-                    m.d.sync += op.eq(op + 1)
+                with m.If(~op_last):
+                    m.d.sync += [op.eq(op + 1), op_last.eq(op + 1 == d.opl)]
                 with m.Else():
                     # The group's last beat.
-                    m.d.sync += [op.eq(0), guard.eq(Mux(pg == d.pgl, d.guard_last, d.guard_full))]
-                    with m.If(cg != d.cgl):
-                        m.d.sync += [cg.eq(cg + 1), wgroup.eq(wgroup + d.weight_group_step)]
+                    guard_value = Mux(pg_last, d.guard_last, d.guard_full)
+                    m.d.sync += [op.eq(0), op_last.eq(d.opl == 0), at_first.eq(1),
+                                 guard.eq(guard_value), guard_on.eq(guard_value != 0)]
+                    with m.If(~cg_last):
+                        m.d.sync += [cg.eq(cg + 1), cg_last.eq(cg + 1 == d.cgl),
+                                     wgroup.eq(wgroup + d.weight_group_step)]
                     with m.Else():
-                        m.d.sync += [cg.eq(0), pg.eq(pg + 1), wgroup.eq(d.weight_base)]
+                        m.d.sync += [cg.eq(0), cg_last.eq(d.cgl == 0), pg.eq(pg + 1),
+                                     pg_last.eq(pg + 1 == d.pgl), wgroup.eq(d.weight_base)]
                         for c in range(cols):
                             wrap = xi0[c] + d.adv_dx >= d.adv_wrap_x
                             m.d.sync += [
@@ -188,6 +211,6 @@ class WindowGenerator(wiring.Component):
                                 yi0[c].eq(Mux(wrap, yi0[c] + d.adv_dy1, yi0[c] + d.adv_dy)),
                                 base[c].eq(Mux(wrap, base[c] + d.adv_base_wrap, base[c] + d.adv_base)),
                             ]
-                        with m.If(pg == d.pgl):
+                        with m.If(pg_last):
                             m.d.sync += running.eq(0)
         return m
