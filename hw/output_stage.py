@@ -108,6 +108,10 @@ class OutputStage(wiring.Component):
         pg_last = Signal()
         cg_last = Signal()
         const_group = Signal(range(const_depth + 1))
+        # The constants ROM's read address, const_group + (0 if affine else plane), kept in
+        # a register of its own (no adder before the ROM's decode). It is exact in every
+        # cycle whose read is used (busy): set with plane = 0, stepped with plane.
+        const_addr = Signal(len(const_rd.addr))
         last_cols = Signal(range(max(cols, 2)))
         m.d.comb += [pg_last.eq(pg == desc.pgl), cg_last.eq(cg == desc.cgl),
                      last_cols.eq(Mux(pg_last, desc.last_colsl, cols - 1))]
@@ -135,7 +139,7 @@ class OutputStage(wiring.Component):
             m.d.sync += [busy.eq(0), pg.eq(0), cg.eq(0), cg_r.eq(0), pg_acc.eq(0), idx_cg.eq(0),
                          pos_aff.eq(0), const_group.eq(desc.const_base)]
         with m.Elif(self.group_done):
-            m.d.sync += [busy.eq(1), col.eq(0), row.eq(0), word.eq(0), plane.eq(0),
+            m.d.sync += [busy.eq(1), col.eq(0), row.eq(0), word.eq(0), plane.eq(0), const_addr.eq(const_group),
                          plane_base.eq(pg_acc + cg_r), bit_addr.eq(pg_acc + cg_r), idx_row.eq(idx_cg),
                          rows_valid.eq(Mux(desc.out_c - cg_r >= rows, rows, desc.out_c - cg_r))]
         with m.Elif(busy):
@@ -150,7 +154,7 @@ class OutputStage(wiring.Component):
                 with m.If(word == desc.drain_wordsl):
                     m.d.sync += word.eq(0)
                     with m.If(col_done):
-                        m.d.sync += [col.eq(0), plane.eq(plane + 1),
+                        m.d.sync += [col.eq(0), plane.eq(plane + 1), const_addr.eq(const_addr + 1),
                                      plane_base.eq(plane_base + desc.out_plane_bits),
                                      bit_addr.eq(plane_base + desc.out_plane_bits)]
                     with m.Else():
@@ -166,7 +170,7 @@ class OutputStage(wiring.Component):
                     m.d.sync += [cg.eq(cg + 1), cg_r.eq(cg_r + rows), idx_cg.eq(idx_cg + desc.hw_out * rows),
                                  const_group.eq(const_group + desc.const_group_step)]
 
-        m.d.comb += const_rd.addr.eq(const_group + Mux(desc.affine, 0, plane))
+        m.d.comb += const_rd.addr.eq(const_addr)
 
         # ---- D1: registered column results + constants ----------------------------------
         d1_valid = Signal()
