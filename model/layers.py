@@ -42,6 +42,7 @@ __all__ = [
     "SCALINGS",
     "mark_binary",
     "is_binary_parameter",
+    "check_binary_conv_arguments",
     "MBNConv2d",
     "MBNLinear",
     "FloatInputConv",
@@ -50,6 +51,15 @@ __all__ = [
 
 #: The two scale forms: one gamma per binary op, or ABC-Net's alpha_m * beta_n.
 SCALINGS = ("operation", "base")
+
+
+def check_binary_conv_arguments(kernel: int, stride: int, padding: int, pad_value: float) -> None:
+    """Refuse a binary convolution's geometry or pad value that the hardware cannot reproduce."""
+    if pad_value not in (1.0, -1.0):
+        raise ValueError(f"pad_value must be +1.0 or -1.0, not {pad_value!r}")
+    if kernel < 1 or stride < 1 or padding < 0:
+        raise ValueError(f"bad convolution geometry kernel={kernel!r}, stride={stride!r}, "
+                         f"padding={padding!r}")
 
 Scaling = Literal["operation", "base"]
 
@@ -267,11 +277,7 @@ class MBNConv2d(_MBNBase):
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0,
                  M: int = 3, N: int = 3, scaling: Scaling = "operation", pad_value: float = -1.0):
         super().__init__()
-        if pad_value not in (1.0, -1.0):
-            raise ValueError(f"pad_value must be +1.0 or -1.0, not {pad_value!r}")
-        if kernel < 1 or stride < 1 or padding < 0:
-            raise ValueError(f"bad convolution geometry kernel={kernel!r}, stride={stride!r}, "
-                             f"padding={padding!r}")
+        check_binary_conv_arguments(kernel, stride, padding, pad_value)
         self.in_channels = int(in_ch)
         self.kernel_size = int(kernel)
         self.stride = int(stride)

@@ -35,6 +35,7 @@ from binforge.compiler.ir import (
     LinearLayer,
     MaxPoolLayer,
     Network,
+    bits_to_signs,
     pack_bits,
     pixel_planes,
     popcount,
@@ -134,7 +135,7 @@ def _effective_weights(layer: ConvLayer | LinearLayer) -> tuple[list[int], np.nd
     ``sum over ops on plane i of gain * W_m`` (+-1 weights), an exact integer array."""
     k, co = layer.fan_in, layer.out_channels
     act_planes = sorted({op.act_plane for op in layer.ops})
-    signs = layer.weights.reshape(layer.weight_planes, co, k).astype(np.int64) * 2 - 1
+    signs = bits_to_signs(layer.weights.reshape(layer.weight_planes, co, k))
     effective = np.zeros((len(act_planes), co, k), dtype=np.int64)
     where = {plane: i for i, plane in enumerate(act_planes)}
     for op in layer.ops:

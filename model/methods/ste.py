@@ -35,6 +35,7 @@ from binforge.errors import BinforgeError
 
 from ..arch import LayerFactory
 from ..export import BinaryExport, UnsupportedForHardware
+from ..layers import check_binary_conv_arguments
 from ..optim import CaseOptimizer
 from ..quant import hard_sign, sign_ste
 from ..train import Method
@@ -201,11 +202,7 @@ class LatentBinaryConv2d(LatentBinaryLayer):
                  *, pad_value: float = -1.0, act_sign: nn.Module | None = None,
                  weight_sign: nn.Module | None = None, scaler: nn.Module | None = None):
         super().__init__()
-        if pad_value not in (1.0, -1.0):
-            raise ValueError(f"pad_value must be +1.0 or -1.0, not {pad_value!r}")
-        if kernel < 1 or stride < 1 or padding < 0:
-            raise ValueError(f"bad convolution geometry kernel={kernel!r}, stride={stride!r}, "
-                             f"padding={padding!r}")
+        check_binary_conv_arguments(kernel, stride, padding, pad_value)
         self.in_channels = int(in_ch)
         self.kernel_size = int(kernel)
         self.stride = int(stride)

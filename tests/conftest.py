@@ -1,4 +1,4 @@
-"""Shared fixtures for the gateware tests."""
+"""Fixtures shared by the gateware and board tests."""
 
 import gc
 import re
