@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 from binforge.compiler.ir import INPUT_PLANES, Network
 
 from .plan import DEFAULT_GAIN_MODE, DEFAULT_RELAY, OUT_DATA_WIDTH, NetworkPlan, plan_network
-from .sequencer import LayerSequencer
+from .sequencer import LayerSequencer, debug_signature
 
 __all__ = ["Accelerator", "ResultLayout", "CYCLES_WIDTH"]
 
@@ -56,7 +56,10 @@ class Accelerator(wiring.Component):
         High once a run has finished, until the next ``start``.
     cycles : Out(32)
         Cycles the network took (from the first layer to the logits; not counting the
-        image transfer or the result stream); valid while ``done``.
+        image transfer or the result stream); valid while ``done``, counting while the
+        network runs.
+    debug : Out(:func:`~binforge.hw.sequencer.debug_signature`)
+        The sequencer's debug tap: the running layer, its start, and its writes.
 
     Latency: ``cycles`` equals :func:`~binforge.hw.plan.analytic_cycles` ``["total"]``.
     Loading takes 8 cycles per pixel (one per bit plane), or ``8 * k * k`` when the first
@@ -76,6 +79,7 @@ class Accelerator(wiring.Component):
             "busy": Out(1),
             "done": Out(1),
             "cycles": Out(CYCLES_WIDTH),
+            "debug": Out(debug_signature(self._plan, self._sequencer.act_addr_width)),
         })
 
     @property
@@ -92,6 +96,7 @@ class Accelerator(wiring.Component):
         s = plan.simd
         log_s = s.bit_length() - 1
         m.submodules.sequencer = seq = self._sequencer
+        wiring.connect(m, wiring.flipped(self.debug), seq.debug)
         shape = plan.net.input_shape
         layout = plan.input_layout
         hw = shape.height * shape.width

@@ -17,7 +17,7 @@ from .accelerator import CYCLES_WIDTH, Accelerator
 from .plan import DEFAULT_GAIN_MODE, DEFAULT_RELAY, OUT_DATA_WIDTH, analytic_cycles, plan_network
 from .top import BinforgeTop
 
-__all__ = ["generate", "describe", "PORTS", "TOP_NAME", "VERILOG_FILE", "HW_JSON"]
+__all__ = ["generate", "describe", "ports", "PORTS", "DEBUG_PORTS", "TOP_NAME", "VERILOG_FILE", "HW_JSON"]
 
 TOP_NAME = "binforge_top"
 VERILOG_FILE = "binforge_top.v"
@@ -44,7 +44,30 @@ PORTS = [
 ]
 
 
-def describe(plan, cycles: dict) -> dict:
+#: What each debug tap port carries (widths depend on the network: see :func:`ports`).
+DEBUG_PORTS = {
+    "layer": "debug: index of the running layer",
+    "layer_start": "debug: high in the cycle a layer's descriptor loads",
+    "act_we": "debug: the running layer writes an activation word this cycle",
+    "act_addr": "debug: activation write word address",
+    "act_data": "debug: activation write data (S bits)",
+    "act_en": "debug: activation write lane enables (S bits)",
+    "logit_we": "debug: a logit is written this cycle",
+    "logit_addr": "debug: logit index",
+    "logit_data": "debug: logit value (two's complement)",
+}
+
+
+def ports(top) -> list[dict]:
+    """``binforge_top``'s port list: :data:`PORTS` and the ``dbg_*`` tap of ``top``."""
+    out = list(PORTS)
+    for name, what in DEBUG_PORTS.items():
+        port = getattr(top, f"dbg_{name}")
+        out.append({"name": f"dbg_{name}", "dir": "out", "width": len(port), "what": what})
+    return out
+
+
+def describe(plan, cycles: dict, port_list: list[dict] | None = None) -> dict:
     """hw.json's content for a plan."""
     net = plan.net
     return {
@@ -67,7 +90,7 @@ def describe(plan, cycles: dict) -> dict:
         "memory_bits": plan.memory_bits(),
         "memory_bits_total": sum(plan.memory_bits().values()),
         "cycles": cycles,
-        "ports": PORTS,
+        "ports": PORTS if port_list is None else port_list,
         "protocol": {
             "input": "after a start pulse, num pixels = C*H*W bytes on in_*, (C, H, W) order",
             "output": "1 + num_classes words on out_*: class index, then logits; out_last on the final one",
@@ -98,6 +121,6 @@ def generate(net: Network, rows: int, cols: int, simd: int, out_dir, *, relay: i
     (out / VERILOG_FILE).write_text(text)
     # HW/ carries the network it was generated from, so `sim` and `build` need no --net.
     ir.save(net, out)
-    desc = describe(plan, analytic_cycles(plan))
+    desc = describe(plan, analytic_cycles(plan), ports(top))
     (out / HW_JSON).write_text(json.dumps(desc, indent=2) + "\n")
     return desc

@@ -22,11 +22,33 @@ from .output_stage import OutputStage
 from .plan import OUT_DATA_WIDTH, NetworkPlan
 from .window import WindowGenerator
 
-__all__ = ["LayerSequencer"]
+__all__ = ["LayerSequencer", "debug_signature"]
 
 
 def _addr_width(depth: int) -> int:
     return max(1, (depth - 1).bit_length())
+
+
+def debug_signature(plan: NetworkPlan, act_addr_width: int) -> wiring.Signature:
+    """The debug tap: which layer runs, when it starts, and every write it makes.
+
+    ``layer`` is the running layer's index; ``layer_start`` is high in the one cycle in
+    which a layer's descriptor loads. ``act_*`` is the activation write of the running
+    layer (output stage or pool engine): word address, S data bits, S lane enables,
+    valid when ``act_we``; ``logit_*`` the logits memory write. Nothing reads the tap
+    inside the design: a board top that leaves it open pays no logic for it.
+    """
+    return wiring.Signature({
+        "layer": Out(range(len(plan.layers) + 1)),
+        "layer_start": Out(1),
+        "act_we": Out(1),
+        "act_addr": Out(act_addr_width),
+        "act_data": Out(plan.simd),
+        "act_en": Out(plan.simd),
+        "logit_we": Out(1),
+        "logit_addr": Out(_addr_width(plan.logits_depth)),
+        "logit_data": Out(OUT_DATA_WIDTH),
+    })
 
 
 class LayerSequencer(wiring.Component):
@@ -53,6 +75,8 @@ class LayerSequencer(wiring.Component):
     logit_data : Out(32)
     class_index : Out
         First index of the maximum logit.
+    debug : Out(:func:`debug_signature`)
+        The debug tap (layer index, layer start, activation and logit writes).
 
     Latency: ``busy`` lasts :func:`~binforge.hw.plan.analytic_cycles` ``["total"]`` cycles.
     """
@@ -75,6 +99,7 @@ class LayerSequencer(wiring.Component):
             "logit_addr": In(self._logit_aw),
             "logit_data": Out(OUT_DATA_WIDTH),
             "class_index": Out(self._logit_aw),
+            "debug": Out(debug_signature(plan, self._act_aw)),
         })
 
     @property
@@ -153,6 +178,17 @@ class LayerSequencer(wiring.Component):
             with m.State("FINISH"):
                 m.d.comb += [self.busy.eq(1), self.done.eq(1)]
                 m.next = "IDLE"
+
+        dbg = self.debug
+        m.d.comb += [dbg.layer.eq(layer), dbg.layer_start.eq(load),
+                     dbg.logit_we.eq(output.logit_we), dbg.logit_addr.eq(output.logit_addr),
+                     dbg.logit_data.eq(output.logit_data)]
+        with m.If(desc.pool):
+            m.d.comb += [dbg.act_we.eq(self.busy & pool.wr_we), dbg.act_addr.eq(pool.wr_addr),
+                         dbg.act_data.eq(pool.wr_data), dbg.act_en.eq((1 << s) - 1)]
+        with m.Else():
+            m.d.comb += [dbg.act_we.eq(self.busy & output.act_we), dbg.act_addr.eq(output.act_addr),
+                         dbg.act_data.eq(output.act_data), dbg.act_en.eq(output.act_en)]
 
         is_pool = Signal()
         m.d.comb += [is_pool.eq(next_desc.pool), window.start.eq(load & ~is_pool),

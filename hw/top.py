@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from .accelerator import CYCLES_WIDTH, Accelerator
 from .plan import OUT_DATA_WIDTH
+from .sequencer import debug_signature
 
 __all__ = ["BinforgeTop"]
 
@@ -35,25 +36,25 @@ class BinforgeTop(wiring.Component):
     out_ready : In(1)
     out_data : Out(32)
     out_last : Out(1)
+    dbg_* : Out
+        The debug tap (:func:`~binforge.hw.sequencer.debug_signature`) as ``dbg_*`` ports:
+        the running layer, its start, and every activation and logit write. Testbenches
+        read them for per-layer cycle counts and to find the first layer that differs.
     """
-
-    start: In(1)
-    busy: Out(1)
-    done: Out(1)
-    cycles: Out(CYCLES_WIDTH)
-    in_valid: In(1)
-    in_ready: Out(1)
-    in_data: In(8)
-    out_valid: Out(1)
-    out_ready: In(1)
-    out_data: Out(OUT_DATA_WIDTH)
-    out_last: Out(1)
 
     def __init__(self, accelerator: Accelerator):
         if not isinstance(accelerator, Accelerator):
             raise TypeError(f"accelerator must be an Accelerator, not {accelerator!r}")
         self._accelerator = accelerator
-        super().__init__()
+        members = {
+            "start": In(1), "busy": Out(1), "done": Out(1), "cycles": Out(CYCLES_WIDTH),
+            "in_valid": In(1), "in_ready": Out(1), "in_data": In(8),
+            "out_valid": Out(1), "out_ready": In(1), "out_data": Out(OUT_DATA_WIDTH), "out_last": Out(1),
+        }
+        tap = debug_signature(accelerator.plan, accelerator.debug.act_addr.shape().width)
+        for name, member in tap.members.items():
+            members[f"dbg_{name}"] = member
+        super().__init__(members)
 
     @property
     def accelerator(self) -> Accelerator:
@@ -75,4 +76,6 @@ class BinforgeTop(wiring.Component):
             self.out_data.eq(acc.result.payload.data),
             self.out_last.eq(acc.result.payload.last),
         ]
+        for name in acc.debug.signature.members:
+            m.d.comb += getattr(self, f"dbg_{name}").eq(getattr(acc.debug, name))
         return m

@@ -4,9 +4,11 @@
 for Verilator or Icarus, runs images through it in chunks with the cocotb testbench
 :mod:`binforge.sim.tb.accelerator_tb`, and checks every image's class index and every
 logit against :func:`binforge.sim.golden.run_network`, and the ``cycles`` counter against
-the analytic model recorded in ``hw.json``. When an image's logits differ, the golden
-model's per-layer outputs are used to say which layer's accumulators could explain it
-(the accelerator exposes only its result stream).
+the analytic model recorded in ``hw.json``, in total and per layer. When an image
+differs, it is simulated again with the debug tap traced (every activation and logit
+write, per layer) and :func:`localise_layers` compares each layer's written output with
+the golden model's: the first layer that differs is named, with plane, channel,
+position, expected and got.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ from binforge.sim.golden import run_network
 from binforge.errors import BinforgeError
 
 __all__ = ["HW_JSON", "TESTBENCH", "NetworkSimResult", "read_hw", "write_accelerator_stimulus",
-           "simulate_network"]
+           "expected_layer_cycles", "localise_layers", "first_bad_layer", "localise_image", "simulate_network"]
+
+#: Images whose mismatches are localised layer by layer (each costs a traced re-run).
+LOCALISED_IMAGES = 3
+#: Differing values listed per layer by :func:`localise_layers`.
+LOCALISED_VALUES = 5
 
 HW_JSON = "hw.json"
 #: The cocotb module that drives ``binforge_top``.
@@ -60,6 +67,12 @@ class NetworkSimResult:
         Wall time in the simulator(s) and building.
     golden_predictions, rtl_predictions:
         The golden model's classes, and the class index the RTL sent for each simulated image.
+    layer_names, analytic_layer_cycles:
+        Each layer's name and its analytic cycles (the last with the finish cycle).
+    rtl_layer_cycles:
+        Per image, each layer's cycles measured from the RTL's debug tap.
+    localisations:
+        For the first differing images, :func:`localise_layers`'s finding.
     """
 
     simulator: str
@@ -76,6 +89,19 @@ class NetworkSimResult:
     resets_mid_image: int = 0
     golden_predictions: list[int] = field(default_factory=list)
     rtl_predictions: list[int] = field(default_factory=list)
+    layer_names: list[str] = field(default_factory=list)
+    analytic_layer_cycles: list[int] = field(default_factory=list)
+    rtl_layer_cycles: list[list[int]] = field(default_factory=list)
+    localisations: list[dict[str, Any]] = field(default_factory=list)
+
+    def layer_table(self) -> list[dict[str, Any]]:
+        """Per layer: name, analytic cycles, and the smallest and largest RTL count seen."""
+        rows = []
+        for i, name in enumerate(self.layer_names):
+            seen = [c[i] for c in self.rtl_layer_cycles if len(c) == len(self.layer_names)]
+            rows.append({"layer": i, "name": name, "analytic": self.analytic_layer_cycles[i],
+                         "rtl_min": min(seen, default=None), "rtl_max": max(seen, default=None)})
+        return rows
 
     @property
     def images_per_second(self) -> float:
@@ -97,6 +123,8 @@ class NetworkSimResult:
             "images_per_second": round(self.images_per_second, 3),
             "sim_cycles_per_second": round(self.sim_cycles_per_second, 1),
             "resets_mid_image": self.resets_mid_image,
+            "layer_cycles": self.layer_table(),
+            "localisations": self.localisations,
         }
 
 
@@ -131,14 +159,19 @@ def write_accelerator_stimulus(path: str | os.PathLike, images: np.ndarray, logi
                                classes: np.ndarray, *, seed: int = 0, in_stall: float = 0.0,
                                out_stall: float = 0.0, cycles: int | None = None,
                                reset_before: Sequence[int] = (), first_index: int = 0,
-                               load_cycles_per_pixel: int = 8) -> Path:
+                               load_cycles_per_pixel: int = 8, layer_cycles: Sequence[int] | None = None,
+                               trace: bool = False) -> Path:
     """The stimulus file of :mod:`binforge.sim.tb.accelerator_tb`.
 
     ``load_cycles_per_pixel`` (``hw.json`` ``protocol``) only sizes the testbench's time-out.
+    ``layer_cycles`` (:func:`expected_layer_cycles`) are checked per layer; ``trace``
+    records every write of the debug tap into the report.
     """
     meta = {"seed": int(seed), "in_stall": float(in_stall), "out_stall": float(out_stall),
             "load_cycles_per_pixel": int(load_cycles_per_pixel),
             "cycles": None if cycles is None else int(cycles),
+            "layer_cycles": None if layer_cycles is None else [int(c) for c in layer_cycles],
+            "trace": bool(trace),
             "reset_before": [int(i) for i in reset_before], "first_index": int(first_index)}
     path = Path(path)
     np.savez(path, meta=np.array(json.dumps(meta)), images=np.asarray(images, dtype=np.uint8),
@@ -146,22 +179,138 @@ def write_accelerator_stimulus(path: str | os.PathLike, images: np.ndarray, logi
     return path
 
 
-def _localise(net: Network, images: np.ndarray, mismatches: list[dict[str, Any]]) -> None:
-    """Add to each logit mismatch the golden accumulator of the last layer and, per earlier
-    layer, how far its output bits are from flipping (the layers most likely at fault)."""
-    golden = run_network(net, images, return_layers=True)
-    for m in mismatches:
-        if m.get("what") != "logit" or "local_index" not in m:
-            continue
-        i = m["local_index"]
-        near = []
-        for li, (layer, acc) in enumerate(zip(net.layers, golden.accumulators, strict=True)):
-            if acc is None or layer.output.kind != "threshold":
-                continue
-            t = np.asarray(layer.output.thresholds, dtype=np.int64)[:, :, None, None]
-            margin = np.abs(acc[i][None] - t).min()
-            near.append({"layer": li, "name": layer.name, "smallest_threshold_margin": int(margin)})
-        m["golden_layer_margins"] = near
+def expected_layer_cycles(desc: dict[str, Any]) -> list[int]:
+    """The analytic cycles of each layer as the debug tap measures them: from a layer's
+    start to the next one's; the last layer also holds the sequencer's finish cycle
+    (what ``cycles.total`` counts beyond the layers' sum)."""
+    cycles = desc["cycles"]
+    per_layer = [int(layer["cycles"]) for layer in cycles["layers"]]
+    per_layer[-1] += int(cycles["total"]) - sum(per_layer)
+    return per_layer
+
+
+def _output_bits(layout, expected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Word address and lane of each bit of a ``(planes, C, H, W)`` tensor in ``layout``."""
+    width = expected.shape[3]
+    n, c, y, x = np.indices(expected.shape)
+    bit = n * layout.plane_words * layout.simd + (y * width + x) * layout.pos_stride + c
+    return bit // layout.simd, bit % layout.simd
+
+
+def localise_layers(net: Network, simd: int, image: np.ndarray, trace: dict[str, list]) -> list[dict[str, Any]]:
+    """Compare what each layer wrote (the debug tap's trace of one image) with the golden model.
+
+    ``trace`` holds ``act``: ``[layer, word address, data, lane enables]`` per write and
+    ``logit``: ``[layer, index, value]`` per write. A threshold or max-pool layer's output
+    bits are read back from its writes through the layout of the next layer's input
+    (:func:`binforge.hw.plan.tensor_layouts`); the affine layer's logits from its logit writes.
+
+    Returns one entry per layer: ``layer``, ``name``, ``kind``, ``compared``, ``mismatches``
+    and, where it differs, ``first``: up to :data:`LOCALISED_VALUES` values, each with
+    ``plane``, ``channel``, ``position`` ``[y, x]``, ``expected`` and ``got`` (``got`` is
+    ``"not written"`` for a bit the layer never wrote). The first entry with mismatches
+    is the layer at fault: later layers only inherit its error.
+    """
+    from binforge.hw.plan import tensor_layouts
+
+    golden = run_network(net, np.asarray(image, dtype=np.uint8)[None], return_layers=True)
+    layouts = tensor_layouts(net, simd)
+    writes: dict[int, list] = {}
+    for layer_index, addr, data, en in trace.get("act", []):
+        writes.setdefault(int(layer_index), []).append((int(addr), int(data), int(en)))
+    logit_writes: dict[int, dict[int, int]] = {}
+    for layer_index, addr, value in trace.get("logit", []):
+        logit_writes.setdefault(int(layer_index), {})[int(addr)] = int(value)
+    findings = []
+    for i, layer in enumerate(net.layers):
+        entry: dict[str, Any] = {"layer": i, "name": layer.name, "kind": layer.kind}
+        first: list[dict[str, Any]] = []
+        if layer.kind != "maxpool" and layer.output.kind == "affine":
+            expected = np.asarray(golden.layers[i][0]).reshape(-1)
+            got = logit_writes.get(i, {})
+            bad = 0
+            for ch, want in enumerate(expected):
+                have = got.get(ch, "not written")
+                if have != int(want):
+                    bad += 1
+                    if len(first) < LOCALISED_VALUES:
+                        first.append({"channel": ch, "position": [0, 0], "expected": int(want), "got": have})
+            entry.update(compared=int(expected.size), mismatches=bad)
+        else:
+            expected = np.asarray(golden.layers[i][0], dtype=np.int64)
+            if expected.ndim == 3:  # a linear layer's (planes, features) as (planes, features, 1, 1)
+                expected = expected[..., None]
+            layout = layouts[i + 1]
+            words, lanes = _output_bits(layout, expected)
+            value = np.zeros(layout.words, dtype=np.uint64)  # S <= 64 lanes a word
+            written = np.zeros(layout.words, dtype=np.uint64)
+            for addr, data, en in writes.get(i, []):
+                if 0 <= addr < layout.words:
+                    value[addr] = (value[addr] & np.uint64(~en & (2**64 - 1))) | np.uint64(data & en)
+                    written[addr] |= np.uint64(en)
+            shift = lanes.astype(np.uint64)
+            got_bits = ((value[words] >> shift) & np.uint64(1)).astype(np.int64)
+            was_written = ((written[words] >> shift) & np.uint64(1)).astype(bool)
+            wrong = (got_bits != expected) | ~was_written
+            for n, c, y, x in np.argwhere(wrong)[:LOCALISED_VALUES]:
+                first.append({"plane": int(n), "channel": int(c), "position": [int(y), int(x)],
+                              "expected": int(expected[n, c, y, x]),
+                              "got": int(got_bits[n, c, y, x]) if was_written[n, c, y, x] else "not written"})
+            entry.update(compared=int(expected.size), mismatches=int(wrong.sum()))
+        if first:
+            entry["first"] = first
+        findings.append(entry)
+    return findings
+
+
+def first_bad_layer(findings: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first layer of :func:`localise_layers`'s findings that differs, or None."""
+    return next((f for f in findings if f["mismatches"]), None)
+
+
+def _localise_image(design, net: Network, simd: int, image: np.ndarray, golden, number: int, folder: Path,
+                    load_cycles: int, seed: int, index: int | None = None) -> dict[str, Any]:
+    """Simulate one image again with the debug tap traced; localise the fault.
+    ``golden`` row ``index`` (default ``number``) is the image's."""
+    row = number if index is None else index
+    folder.mkdir(parents=True, exist_ok=True)
+    stim = write_accelerator_stimulus(
+        folder / "stimulus.npz", image[None], golden.logits[row:row + 1],
+        golden.predictions[row:row + 1], seed=seed + number, first_index=number,
+        load_cycles_per_pixel=load_cycles, trace=True)
+    try:
+        report = run_testbench(design, TESTBENCH, run_dir=folder, stimulus=stim, seed=seed + number)
+    except SimulationFailed as exc:
+        report = exc.report or {}
+    traces = report.get("traces")
+    if not traces:
+        raise BinforgeError(f"the traced re-run of image {number} recorded no writes; see the simulator "
+                            f"log in {folder}")
+    findings = localise_layers(net, simd, image, traces[0])
+    culprit = first_bad_layer(findings)
+    return {"image": number, "first_bad_layer": None if culprit is None else culprit["layer"],
+            "layers": findings}
+
+
+def localise_image(hw_dir: str | os.PathLike, net: Network, image: np.ndarray, *, simulator: str,
+                   run_dir: str | os.PathLike, build_root: str | os.PathLike | None = None,
+                   seed: int = 0) -> dict[str, Any]:
+    """Run one uint8 image ``(C, H, W)`` through the RTL with the debug tap traced and compare
+    every layer's writes with the golden model (:func:`localise_layers`).
+
+    Returns ``{"image": 0, "first_bad_layer": index or None, "layers": findings}``.
+    """
+    desc, verilog = read_hw(hw_dir)
+    _check_matches(desc, net)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.shape != net.input_shape.as_tuple():
+        raise BinforgeError(f"the image must be uint8 {net.input_shape.as_tuple()}, not {image.dtype} {image.shape}")
+    golden = run_network(net, image[None])
+    design = build_design(simulator, [verilog], desc.get("top", "binforge_top"), build_root=build_root,
+                          name=f"net-{desc.get('network', 'top')}")
+    load_cycles = int(desc.get("protocol", {}).get("load_cycles_per_pixel", 8))
+    return _localise_image(design, net, int(desc["simd"]), image, golden, 0, Path(run_dir), load_cycles, seed,
+                           index=0)
 
 
 def simulate_network(hw_dir: str | os.PathLike, net: Network, images: np.ndarray, *, simulator: str,
@@ -209,10 +358,13 @@ def simulate_network(hw_dir: str | os.PathLike, net: Network, images: np.ndarray
     design = build_design(simulator, [verilog], desc.get("top", "binforge_top"), build_root=build_root,
                           waves=waves, name=f"net-{desc.get('network', 'top')}")
     cycles = int(desc["cycles"]["total"]) if check_cycles else None
+    layer_cycles = expected_layer_cycles(desc)
     load_cycles = int(desc.get("protocol", {}).get("load_cycles_per_pixel", 8))
     result = NetworkSimResult(simulator=simulator, analytic_cycles=int(desc["cycles"]["total"]),
                               build_seconds=design.build_seconds,
-                              golden_predictions=[int(p) for p in golden.predictions])
+                              golden_predictions=[int(p) for p in golden.predictions],
+                              layer_names=[layer["name"] for layer in desc["cycles"]["layers"]],
+                              analytic_layer_cycles=layer_cycles)
     run_dir = Path(run_dir)
     resets = sorted(int(i) for i in reset_before)
     for start in range(0, len(images), max(1, chunk)):
@@ -223,7 +375,7 @@ def simulate_network(hw_dir: str | os.PathLike, net: Network, images: np.ndarray
             part / "stimulus.npz", images[start:stop], golden.logits[start:stop],
             golden.predictions[start:stop], seed=seed + start, in_stall=in_stall, out_stall=out_stall,
             cycles=cycles, reset_before=[i - start for i in resets if start <= i < stop], first_index=start,
-            load_cycles_per_pixel=load_cycles)
+            load_cycles_per_pixel=load_cycles, layer_cycles=layer_cycles if check_cycles else None)
         t0 = time.perf_counter()
         try:
             report = run_testbench(design, TESTBENCH, run_dir=part, stimulus=stim, seed=seed + start)
@@ -233,13 +385,11 @@ def simulate_network(hw_dir: str | os.PathLike, net: Network, images: np.ndarray
                 raise BinforgeError(f"{simulator} stopped without a report: {exc}") from None
         result.sim_seconds += time.perf_counter() - t0
         mism = report.get("mismatches", [])
-        for m in mism:
-            m["local_index"] = int(m.get("image", start)) - start
-        if mism:
-            _localise(net, images[start:stop], mism)
-        for m in mism:
-            m.pop("local_index", None)
         bad_images = {int(m["image"]) for m in mism if "image" in m}
+        for number in sorted(bad_images)[: max(0, LOCALISED_IMAGES - len(result.localisations))]:
+            result.localisations.append(_localise_image(
+                design, net, int(desc["simd"]), images[number], golden, number, run_dir / f"localise-{number:06d}",
+                load_cycles, seed))
         done = int(report.get("images", 0))
         result.images += done
         result.matches += done - len(bad_images & set(range(start, start + done)))
@@ -249,6 +399,7 @@ def simulate_network(hw_dir: str | os.PathLike, net: Network, images: np.ndarray
         result.rtl_cycles.extend(int(c) for c in report.get("network_cycles", []))
         result.cycles_per_image.extend(int(c) for c in report.get("cycles_per_image", []))
         result.rtl_predictions.extend(int(c) for c in report.get("rtl_classes", []))
+        result.rtl_layer_cycles.extend([int(c) for c in per] for per in report.get("layer_cycles", []))
         result.resets_mid_image += int(report.get("resets_mid_image", 0))
         if progress is not None:
             progress(stop)

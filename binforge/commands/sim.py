@@ -3,9 +3,12 @@
 Builds the Verilog ``binforge hw`` wrote (Verilator or Icarus, through cocotb; the build
 is reused while the Verilog is unchanged), streams each image into it with cocotb, and
 checks the class index and every logit against the golden model, and the hardware's
-cycle counter against the analytic model in ``hw.json``. Prints matches, cycles per
-image and simulation speed; writes ``report.json`` into ``--out``. Exit status 1 when
-anything differs.
+cycle counter against the analytic model in ``hw.json``, in total and per layer (the
+debug tap marks each layer's start). An image that differs is run again with every
+layer's writes traced, and the first layer whose output differs from the golden model
+is named with plane, channel, position, expected and got. Prints matches, cycles per
+layer and image and simulation speed; writes ``report.json`` into ``--out``. Exit
+status 1 when anything differs.
 """
 
 from __future__ import annotations
@@ -154,7 +157,21 @@ def _print_summary(args, desc, result, figures) -> None:
           f"{result.analytic_cycles}); {figures['cycles_per_image_mean'] or 0:.0f} with loading and results")
     print(f"speed      {result.images_per_second:.2f} images/s, {result.sim_cycles_per_second:.0f} cycles/s "
           f"({result.sim_seconds:.1f} s simulating, {result.build_seconds:.1f} s building)")
+    for row in result.layer_table():
+        rtl = row["rtl_min"] if row["rtl_min"] == row["rtl_max"] else f"{row['rtl_min']}..{row['rtl_max']}"
+        mark = "" if row["rtl_min"] == row["rtl_max"] == row["analytic"] else "  <- differs"
+        print(f"layer {row['layer']:<4} {row['name']:<16} {rtl!s:>9} cycles in the RTL, "
+              f"{row['analytic']} analytic{mark}")
     for m in result.mismatches[:PRINTED_MISMATCHES]:
         print("mismatch   " + ", ".join(f"{k}={v}" for k, v in m.items()))
+    for found in result.localisations:
+        culprit = next((f for f in found["layers"] if f["mismatches"]), None)
+        if culprit is None:
+            print(f"localised  image {found['image']}: every layer's writes equal the golden model's")
+            continue
+        first = culprit["first"][0]
+        where = ", ".join(f"{k}={v}" for k, v in first.items())
+        print(f"localised  image {found['image']}: first differing layer {culprit['layer']} ({culprit['name']}), "
+              f"{culprit['mismatches']} of {culprit['compared']} values; first: {where}")
     if args.out:
         print(f"report     {Path(args.out) / 'report.json'}")

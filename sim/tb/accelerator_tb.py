@@ -3,13 +3,17 @@
 For each image: pulse ``start``, send the pixels as bytes on ``in_*`` (the driver idles
 at random), take the class index and the logits from ``out_*`` (the sink drops
 ``ready`` at random), then check ``done``, every logit, the class and the ``cycles``
-counter against the analytic model. Before the images listed in ``meta["reset_before"]``
+counter against the analytic model, in total and per layer (the ``dbg_layer_start``
+tap marks where each layer begins). Before the images listed in ``meta["reset_before"]``
 a partial image is sent and the design is reset in the middle of loading it; the
 next image must come out right.
 
 Stimulus arrays: ``images`` uint8 ``(N, C, H, W)``, ``logits`` int64 ``(N, K)``,
 ``classes`` int64 ``(N,)``. ``meta``: ``seed``, ``in_stall``, ``out_stall``,
-``cycles`` (analytic total, or null to skip), ``reset_before`` (image indices),
+``cycles`` (analytic total, or null to skip), ``layer_cycles`` (analytic cycles per
+layer, the last one including the sequencer's finish cycle, or null to skip),
+``trace`` (record every activation and logit write of every image from the debug tap,
+for :func:`binforge.sim.network_sim.localise_layers`), ``reset_before`` (image indices),
 ``first_index`` (number of the first image in a larger run, for messages),
 ``load_cycles_per_pixel`` (sizes the time-out).
 """
@@ -30,6 +34,58 @@ from binforge.sim.tb.streams import StreamDriver, StreamSink
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge, SimTimeoutError, with_timeout
 
 __all__ = ["classify_images"]
+
+
+class LayerClock:
+    """Reads the ``cycles`` counter whenever a layer starts (``dbg_layer_start``).
+
+    ``stamps`` holds ``(layer, cycles before that layer)`` since the last :meth:`clear`.
+    Costs one trigger per layer, not one per cycle.
+    """
+
+    def __init__(self, dut) -> None:
+        self.dut = dut
+        self.stamps: list[tuple[int, int]] = []
+
+    def clear(self) -> None:
+        self.stamps = []
+
+    async def run(self) -> None:
+        dut = self.dut
+        while True:
+            await RisingEdge(dut.dbg_layer_start)
+            await ReadOnly()
+            self.stamps.append((dut.dbg_layer.value.to_unsigned(), dut.cycles.value.to_unsigned()))
+
+    def per_layer(self, total: int) -> list[int]:
+        """Cycles of each layer: from its start to the next one's; the last to ``total``."""
+        starts = [c for _, c in self.stamps] + [total]
+        return [b - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
+
+
+class WriteTrace:
+    """Records every write of the debug tap, one entry per cycle with a write (per-cycle Python:
+    for localising a mismatch in a few images, not for long runs)."""
+
+    def __init__(self, dut) -> None:
+        self.dut = dut
+        self.act: list[list[int]] = []
+        self.logit: list[list[int]] = []
+
+    def clear(self) -> None:
+        self.act, self.logit = [], []
+
+    async def run(self) -> None:
+        dut = self.dut
+        while True:
+            await RisingEdge(dut.clk)
+            await ReadOnly()
+            if int(dut.dbg_act_we.value):
+                self.act.append([dut.dbg_layer.value.to_unsigned(), dut.dbg_act_addr.value.to_unsigned(),
+                                 dut.dbg_act_data.value.to_unsigned(), dut.dbg_act_en.value.to_unsigned()])
+            if int(dut.dbg_logit_we.value):
+                self.logit.append([dut.dbg_layer.value.to_unsigned(), dut.dbg_logit_addr.value.to_unsigned(),
+                                   dut.dbg_logit_data.value.to_signed()])
 
 
 async def _reset(dut, cycles: int = 3) -> None:
@@ -56,6 +112,7 @@ async def classify_images(dut):
     images, logits, classes = stim["images"], stim["logits"], stim["classes"]
     first_index = int(meta.get("first_index", 0))
     expected_cycles = meta.get("cycles")
+    expected_layers = meta.get("layer_cycles")
     reset_before = {int(i) for i in meta.get("reset_before", [])}
     rng_in, rng_out, rng_abort = stim.rng(1), stim.rng(2), stim.rng(3)
     in_stall, out_stall = float(meta.get("in_stall", 0.0)), float(meta.get("out_stall", 0.0))
@@ -73,7 +130,12 @@ async def classify_images(dut):
     driver = StreamDriver(dut.clk, dut.in_valid, dut.in_ready, dut.in_data, rng_in, in_stall)
     sink = StreamSink(dut.clk, dut.out_valid, dut.out_ready, {"data": dut.out_data, "last": dut.out_last},
                       rng_out, out_stall, signed={"data"})
-    per_image_cycles, run_cycles, rtl_classes = [], [], []
+    clock = LayerClock(dut)
+    cocotb.start_soon(clock.run())
+    trace = WriteTrace(dut) if meta.get("trace") else None
+    if trace is not None:
+        cocotb.start_soon(trace.run())
+    per_image_cycles, run_cycles, rtl_classes, layer_cycles, traces = [], [], [], [], []
     t0 = time.perf_counter()
     for i, image in enumerate(images):
         number = first_index + i
@@ -86,6 +148,9 @@ async def classify_images(dut):
             await _reset(dut)
             board.figures["resets_mid_image"] = board.figures.get("resets_mid_image", 0) + 1
         begin = cycles_now()
+        clock.clear()
+        if trace is not None:
+            trace.clear()
         await _pulse_start(dut)
         feeder = cocotb.start_soon(driver.send(flat))
         try:
@@ -112,13 +177,27 @@ async def classify_images(dut):
             board.check(1, words[-1]["last"], image=number, what="out_last on the final logit")
         if expected_cycles is not None:
             board.check(int(expected_cycles), hw_cycles, image=number, what="cycles (analytic model)")
+        measured = clock.per_layer(hw_cycles)
+        layer_cycles.append(measured)
+        if expected_layers is not None:
+            if len(measured) != len(expected_layers):
+                board.mismatch(image=number, what="layers started", expected=len(expected_layers),
+                               got=len(measured))
+            else:
+                for li, (want, got) in enumerate(zip(expected_layers, measured, strict=True)):
+                    board.check(int(want), got, image=number, what="layer cycles (analytic model)", layer=li)
+        if trace is not None:
+            traces.append({"act": trace.act, "logit": trace.logit})
     seconds = time.perf_counter() - t0
     board.figures.update(
         images=len(per_image_cycles),
         network_cycles=run_cycles,
+        layer_cycles=layer_cycles,
         rtl_classes=rtl_classes,
         cycles_per_image=per_image_cycles,
         images_per_second=round(len(per_image_cycles) / seconds, 3) if seconds > 0 else None,
         analytic_cycles=expected_cycles,
     )
+    if trace is not None:
+        board.figures["traces"] = traces
     board.finish()

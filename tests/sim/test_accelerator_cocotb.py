@@ -2,12 +2,16 @@
 model, with random stalls on both streams, resets in the middle of an image, and the cycle
 counter equal to the analytic model."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from binforge.sim.cocotb_runner import SimulationFailed, build_design, run_testbench
 from binforge.sim.golden import run_network
 from binforge.sim.network_sim import (
     TESTBENCH,
+    expected_layer_cycles,
+    localise_image,
     read_hw,
     simulate_network,
     write_accelerator_stimulus,
@@ -39,8 +43,8 @@ def test_tiny_network_bit_exact_with_stalls_and_resets(simulator, build_root, ti
     assert result.resets_mid_image == len(resets)
     desc, _ = read_hw(folder)
     assert result.rtl_cycles == [desc["cycles"]["total"]] * len(images)
-    # per image: class + logits + done + last + cycles
-    assert result.cases == len(images) * (net.num_classes + 5)
+    # per image: class + logits + done + last + cycles + each layer's cycles
+    assert result.cases == len(images) * (net.num_classes + 5 + len(net.layers))
 
 
 def test_wrong_expectation_is_reported_with_image_and_channel(simulator, build_root, tiny, tmp_path):
@@ -62,3 +66,61 @@ def test_wrong_expectation_is_reported_with_image_and_channel(simulator, build_r
     assert logit_errors == [{"image": 2, "what": "logit", "channel": 1, "expected": int(logits[2, 1]),
                              "got": int(golden.logits[2, 1])}]
     assert sum(m["what"] == "cycles (analytic model)" for m in found) == 4
+
+
+def _with_threshold(net, layer_index, channel, value):
+    """``net`` with one channel's thresholds in one layer set to ``value`` (a planted fault)."""
+    layer = net.layers[layer_index]
+    thresholds = layer.output.thresholds.copy()
+    thresholds[:, channel] = value
+    changed = dataclasses.replace(layer, output=dataclasses.replace(layer.output, thresholds=thresholds))
+    return dataclasses.replace(net, layers=net.layers[:layer_index] + (changed,) + net.layers[layer_index + 1:])
+
+
+def test_per_layer_cycles_from_the_rtl_equal_the_analytic_model(simulator, build_root, tiny, tmp_path):
+    net, folder = tiny
+    images = edge_and_random_images(net, 4, seed=5)
+    result = simulate_network(folder, net, images, simulator=simulator, run_dir=tmp_path, build_root=build_root,
+                              seed=1, in_stall=0.2, out_stall=0.2)
+    assert result.mismatch_count == 0, result.mismatches[:5]
+    desc, _ = read_hw(folder)
+    analytic = expected_layer_cycles(desc)
+    assert [layer["name"] for layer in desc["cycles"]["layers"]] == [layer.name for layer in net.layers]
+    assert result.rtl_layer_cycles == [analytic] * len(images)
+    assert sum(analytic) == desc["cycles"]["total"]
+    table = result.layer_table()
+    assert [(r["analytic"], r["rtl_min"], r["rtl_max"]) for r in table] == [(c, c, c) for c in analytic]
+
+
+def test_traced_layers_of_a_correct_run_all_agree_with_golden(simulator, build_root, tiny, tmp_path):
+    net, folder = tiny
+    image = edge_and_random_images(net, 4, seed=6)[3]
+    found = localise_image(folder, net, image, simulator=simulator, run_dir=tmp_path, build_root=build_root)
+    assert found["first_bad_layer"] is None
+    golden = run_network(net, image[None], return_layers=True)
+    for entry, out in zip(found["layers"], golden.layers, strict=True):
+        assert entry["mismatches"] == 0, entry
+        assert entry["compared"] == out[0].size  # every output value of every layer was read back
+
+
+def test_a_planted_fault_is_located_at_its_layer_channel_and_position(simulator, build_root, tiny, tmp_path):
+    """The RTL of ``net`` checked against a golden model whose conv1 channel 1 always fires:
+    the first differing layer must be conv1, at channel 1, where the true bit was 0."""
+    net, folder = tiny
+    conv = next(i for i, layer in enumerate(net.layers) if layer.name == "conv1")
+    faulty = _with_threshold(net, conv, 1, -(1 << (net.layers[conv].acc_width - 1)))  # always fires
+    images = edge_and_random_images(net, 6, seed=0)
+    true = run_network(net, images, return_layers=True)
+    assert (true.logits != run_network(faulty, images).logits).any(), "the planted fault must show in the logits"
+    result = simulate_network(folder, faulty, images, simulator=simulator, run_dir=tmp_path, build_root=build_root)
+    assert result.mismatch_count > 0 and result.localisations
+    for found in result.localisations:
+        assert found["first_bad_layer"] == conv
+        assert all(entry["mismatches"] == 0 for entry in found["layers"][:conv])
+        at_fault = found["layers"][conv]
+        bits = true.layers[conv][found["image"]][:, 1]  # (planes, H, W): channel 1 of the true output
+        assert at_fault["mismatches"] == int((bits != 1 ^ int(net.layers[conv].output.flip[1])).sum())
+        for value in at_fault["first"]:
+            y, x = value["position"]
+            assert value["channel"] == 1
+            assert value["got"] == int(bits[value["plane"], y, x]) != value["expected"]

@@ -1,5 +1,6 @@
 """``binforge sim``: images through the RTL from the command line, report.json, clear errors."""
 
+import dataclasses
 import json
 import shutil
 
@@ -36,6 +37,34 @@ def test_sim_command_checks_images_and_writes_report(tiny_net_dir, build_root, t
     assert report["rtl_accuracy"] == report["golden_accuracy"]
     assert report["images_per_second"] > 0 and report["sim_cycles_per_second"] > 0
     assert "6 of 6 images bit-exact" in printed and "equal to the analytic" in printed
+    table = report["layer_cycles"]
+    assert [row["name"] for row in table] == [layer.name for layer in ir.load(net_dir).layers]
+    assert all(row["rtl_min"] == row["rtl_max"] == row["analytic"] for row in table)
+    assert "<- differs" not in printed and report["localisations"] == []
+
+
+def test_sim_command_localises_a_differing_layer(tiny_net_dir, build_root, tmp_path, capsys):
+    """Hardware checked against a network with one planted threshold fault in conv1: exit 1,
+    and the summary and report name conv1 as the first layer that differs."""
+    net_dir, hw = tiny_net_dir
+    net = ir.load(net_dir)
+    conv = next(i for i, layer in enumerate(net.layers) if layer.name == "conv1")
+    layer = net.layers[conv]
+    thresholds = layer.output.thresholds.copy()
+    thresholds[:, 1] = -(1 << (layer.acc_width - 1))  # acc >= it always: the bit always fires
+    faulty = dataclasses.replace(net, layers=net.layers[:conv] + (
+        dataclasses.replace(layer, output=dataclasses.replace(layer.output, thresholds=thresholds)),)
+        + net.layers[conv + 1:])
+    ir.save(faulty, tmp_path / "faulty")
+    out = tmp_path / "out"
+    rc = main(["sim", str(hw), "--net", str(tmp_path / "faulty"), "--data", "synthetic=1,6,6,4", "--limit", "6",
+               "--build-root", str(build_root), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 1, printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["localisations"], report["mismatches"]
+    assert {found["first_bad_layer"] for found in report["localisations"]} == {conv}
+    assert f"first differing layer {conv} (conv1)" in printed and "channel=1" in printed
 
 
 def test_sim_command_names_how_to_install_a_missing_simulator(tiny_net_dir, monkeypatch, tmp_path, capsys):
