@@ -18,6 +18,12 @@ a hook after every optimizer step (PaBT prunes there). Built in: ``float``,
 ``pabt-random`` (PaBT-R); ``binforge.model.methods`` registers the companion
 methods when imported.
 
+After the last binary epoch the batch norms' running statistics are recomputed
+exactly over ``recalibrate_bn`` training batches
+(:mod:`binforge.model.bn_recalibration`; BOP's flips leave the momentum
+averages behind), before the final evaluation, checkpoint and export; the
+history's last entry and ``metrics.json`` keep the test top-1 before and after.
+
 After every epoch the test split is evaluated and ``RUN/checkpoint.pt`` is
 rewritten atomically with everything resuming needs: model, optimizer,
 schedule, RNG states (torch, numpy, python), epoch and the method's state (the
@@ -61,6 +67,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from binforge.model import checkpoint as ckpt
+from binforge.model.bn_recalibration import recalibrate_batch_norm
 from binforge.model.data import augment_batch, batch_to_input, load_dataset
 from binforge.model.distributed import (
     AMP_MODES,
@@ -145,6 +152,10 @@ class RunConfig:
         Options of a companion method (``binforge.model.methods``), by key.
     image_size:
         Height and width of ``folder`` images (None: 224).
+    recalibrate_bn:
+        After the last binary epoch, recompute every batch norm's running
+        statistics over this many training batches (at most one epoch's worth;
+        0: keep the momentum averages). See :mod:`binforge.model.bn_recalibration`.
     """
 
     data: str = "digits"
@@ -174,6 +185,7 @@ class RunConfig:
     classes: list[str] = field(default_factory=list)
     method_options: dict[str, Any] = field(default_factory=dict)
     image_size: int | None = None
+    recalibrate_bn: int = 100
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -549,7 +561,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _epoch_generator(seed: int, phase: str, epoch: int) -> torch.Generator:
-    offset = 0 if phase == "float" else 1
+    offset = {"float": 0, "recalibration": 2}.get(phase, 1)
     return torch.Generator().manual_seed((seed * 1_000_003 + offset * 10_007 + epoch) % (2**63))
 
 
@@ -649,6 +661,31 @@ def _evaluate(model: nn.Module, split: _Split, runtime: _Runtime, batch_size: in
         model.train(was_training)
     (total,) = all_reduce_sum([float(correct)], runtime.dist)
     return 100.0 * total / max(1, len(split))
+
+
+def _recalibration_inputs(split: _Split, config: RunConfig, runtime: _Runtime, batches: int):
+    """Model inputs of this rank for batch-norm recalibration: its share of each of the first
+    ``batches`` global batches of a shuffled, un-augmented pass over the training split.
+
+    The order comes from a generator of its own (seeded by the run's seed), so recalibrating
+    draws nothing from the global RNGs and a resumed run stays bit-exact.
+    """
+    rank, world = runtime.dist.rank, runtime.dist.world_size
+    order = torch.randperm(len(split), generator=_epoch_generator(config.seed, "recalibration", 0))
+    for start in range(0, min(len(order), batches * config.batch_size), config.batch_size):
+        index = order[start : start + config.batch_size]
+        yield runtime.to_input(split.pixels(index[rank::world] if world > 1 else index))
+
+
+def _recalibrate(model: nn.Module, split: _Split, config: RunConfig, runtime: _Runtime,
+                 test_split: _Split, top1_before: float) -> dict[str, Any]:  # fmt: skip
+    """Recalibrate batch norm after the last binary epoch; the record kept in the history."""
+    with runtime.autocast():
+        used = recalibrate_batch_norm(model, _recalibration_inputs(split, config, runtime,
+                                                                   config.recalibrate_bn))
+    broadcast_buffers(model, runtime.dist)  # --no-sync-bn: rank 0's statistics, as in training
+    top1_after = _evaluate(model, test_split, runtime)
+    return {"batches": used, "top1_before": top1_before, "top1_after": top1_after}
 
 
 def _float_state_from_init(init: str) -> dict[str, torch.Tensor]:
@@ -761,6 +798,8 @@ def _train_epoch(model, net, optimizer, schedule, method, context, split, config
 
 
 def _config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    # A key the saved configuration lacks is an option added since: it had its default.
+    saved = {**RunConfig().to_json(), **saved}
     return [f"{k} (saved {saved.get(k)!r}, now {current.get(k)!r})"
             for k in current if saved.get(k) != current.get(k)]  # fmt: skip
 
@@ -824,6 +863,9 @@ def train(
         raise BinforgeError(f"unknown architecture {config.arch!r}; use one of {', '.join(ARCHS)}")
     if config.epochs < 1 or config.float_epochs < 0 or config.batch_size < 1:
         raise BinforgeError("epochs and batch size must be positive, float epochs >= 0")
+    if config.recalibrate_bn < 0:
+        raise BinforgeError(f"--recalibrate-bn takes a number of batches >= 0 (0: off), "
+                            f"not {config.recalibrate_bn}")  # fmt: skip
 
     if config.image_size is not None and config.image_size < 1:
         raise BinforgeError(f"image size must be a positive number of pixels, not {config.image_size}")
@@ -924,6 +966,11 @@ def train(
                                                 runtime)  # fmt: skip
             broadcast_buffers(model, runtime.dist)  # rank 0's statistics (--no-sync-bn)
             top1 = _evaluate(model, test_split, runtime)
+            recalibration = None
+            if phase == "binary" and epoch + 1 == phase_epochs and config.recalibrate_bn > 0:
+                # before the checkpoint: a resume from it neither repeats nor skips this
+                recalibration = _recalibrate(model, train_split, config, runtime, test_split, top1)
+                top1 = recalibration["top1_after"]
             assert_replicas_equal(model, runtime.dist, f"{phase} epoch {epoch + 1}")
             history.append({
                 "phase": phase, "epoch": epoch + 1,
@@ -931,11 +978,17 @@ def train(
                 "step": context.step if phase == "binary" else (epoch + 1) * steps_per_epoch,
                 "train_loss": loss, "train_top1": train_top1, "test_top1": top1,
             })  # fmt: skip
+            if recalibration is not None:
+                history[-1]["bn_recalibration"] = recalibration
             epochs_this_call += 1
             wall_now = wall + time.perf_counter() - t0
             if main:
                 print(f"{phase} epoch {epoch + 1}/{phase_epochs}: loss {loss:.4f}, "
                       f"train top-1 {train_top1:.2f}%, test top-1 {top1:.2f}%", file=sys.stderr)  # fmt: skip
+                if recalibration is not None:
+                    print(f"batch norm recalibrated over {recalibration['batches']} batches: "
+                          f"test top-1 {recalibration['top1_before']:.2f}% -> "
+                          f"{recalibration['top1_after']:.2f}%", file=sys.stderr)  # fmt: skip
                 last_of_phase = epoch + 1 == phase_epochs
                 if phase == "float" and last_of_phase and method.binary:
                     ckpt.save_state_atomic(_cpu_state(model), run_dir / FLOAT_MODEL_FILE)
@@ -1009,6 +1062,8 @@ def _final_metrics(config: RunConfig, model: nn.Module, method: Method, context:
         "scaling_factors": summary["scaling_factors"],
         "wall_time_s": round(wall, 3),
     }
+    if history and "bn_recalibration" in history[-1]:
+        metrics["bn_recalibration"] = dict(history[-1]["bn_recalibration"])
     if method.binary:
         metrics.update(method.summary(context))
     return metrics

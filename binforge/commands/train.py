@@ -81,6 +81,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     from binforge.model.methods import add_method_arguments
 
     add_method_arguments(p)
+    p.add_argument("--recalibrate-bn", type=int, default=defaults.recalibrate_bn, metavar="BATCHES",
+                   help="after the last binary epoch, recompute batch-norm running statistics "
+                   "exactly over this many training batches (at most one epoch; 0: off) "
+                   "(default: %(default)s)")  # fmt: skip
     p.add_argument("--image-size", type=int, default=None, metavar="PX",
                    help="height and width of folder=PATH images (default: 224)")
     from binforge.model.distributed import AMP_MODES, DEVICES
@@ -113,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         bop_threshold=args.bop_threshold, bop_gamma=args.bop_gamma, t_start=args.t_start,
         t_end=args.t_end, psi=args.psi, kappa=args.kappa,
         method_options=method_options_from_args(args), image_size=args.image_size,
+        recalibrate_bn=args.recalibrate_bn,
     )  # fmt: skip
     context = init_distributed(args.device)
     try:
@@ -133,5 +138,9 @@ def run(args: argparse.Namespace) -> int:
     if "pabt" in metrics:
         print(f"pruned {metrics['pabt']['pruned']} binary convolutions between steps "
               f"{metrics['pabt']['t_start']} and {metrics['pabt']['t_end']}")
+    if "bn_recalibration" in metrics:
+        record = metrics["bn_recalibration"]
+        print(f"batch norm recalibrated over {record['batches']} training batches: test accuracy "
+              f"{record['top1_before']:.2f}% -> {record['top1_after']:.2f}%")
     print(f"wrote {result.run_dir}", file=sys.stdout)
     return 0

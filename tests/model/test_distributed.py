@@ -143,6 +143,9 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(runs):
     ddp_metrics = json.loads((runs / "ddp" / "metrics.json").read_text())
     single_metrics = json.loads((runs / "single" / "metrics.json").read_text())
     assert ddp_metrics["top1_per_epoch"] == single_metrics["top1_per_epoch"]
+    # batch-norm recalibration over the same 4 global batches (synced statistics)
+    assert ddp_metrics["bn_recalibration"] == single_metrics["bn_recalibration"]
+    assert ddp_metrics["bn_recalibration"]["batches"] == 4
     assert ddp_metrics["runtime"]["world_size"] == 2 and "runtime" not in single_metrics
     assert not list((runs / "ddp").glob(".*tmp*"))
 
