@@ -43,6 +43,8 @@ def test_hundred_fashion_mnist_images_bit_exact_on_verilator(fashion_hw, build_r
     assert rc == 0, report["mismatches"][:5]
     assert report["images"] == report["matches"] == IMAGES
     assert report["rtl_cycles_min"] == report["rtl_cycles_max"] == report["analytic_cycles"]
+    assert all(row["rtl_min"] == row["rtl_max"] == row["analytic"] for row in report["layer_cycles"])
+    (tmp_path.parent / "fashion_sim_report.json").write_text(json.dumps(report, indent=1))
     assert report["rtl_accuracy"] > 0.5  # a trained network, not chance (10 classes)
     # The target is the simulation; the one-time Verilator build of this design is reused later.
     assert report["sim_seconds"] < 300, f"{IMAGES} images took {report['sim_seconds']:.0f} s to simulate"
