@@ -5,6 +5,9 @@ LUT/FF counts of the bare XNOR-popcount array (Yosys, no place and route).
 
 The networks are compiled from small untrained models (batch-norm statistics from 64
 images): cycle counts do not depend on the trained values, only on the shapes and ops.
+Besides the unpruned M = N = 2 nets, the table has PaBT's end point at Fashion-MNIST
+size: VGG-small on 1x28x28 with one op per binary layer (a BNN), where the conv layers'
+steady-state utilisation is the design target.
 """
 
 from __future__ import annotations
@@ -28,9 +31,14 @@ from binforge.hw.plan import analytic_cycles, plan_network
 from binforge.model.arch import build_model
 from binforge.model.data import batch_to_input
 
-NETWORKS = {"mlp": (1, 8, 8), "vgg-small": (1, 16, 16)}
+#: name: (architecture, input shape, width, M, N)
+NETWORKS = {"mlp": ("mlp", (1, 8, 8), 0.125, 2, 2), "vgg-small": ("vgg-small", (1, 16, 16), 0.125, 2, 2),
+            "vgg-small-bnn-fm": ("vgg-small", (1, 28, 28), 0.25, 1, 1)}
 CONFIGS = [(4, 4, 8, "shift"), (4, 4, 8, "multiply"), (4, 4, 32, "shift"), (8, 8, 32, "shift"),
            (8, 8, 32, "multiply")]
+#: Arrays for the BNN (one op per layer: both gain modes run the same beats).
+BNN_CONFIGS = [(4, 4, 16, "shift"), (8, 4, 16, "shift"), (8, 4, 32, "shift"), (16, 4, 32, "shift"),
+               (8, 8, 32, "shift")]
 #: (target, R, C, S, gains): sign-only PEs, and the multiplier PEs of compiled multi-op gains.
 SYNTH = [("ice40", 4, 4, 32, (1, -1)), ("ecp5", 4, 4, 32, (1, -1)), ("ecp5", 4, 4, 64, (1, -1)),
          ("ecp5", 4, 4, 32, (1, 2, 16384, 139, 142, -195)),
@@ -40,23 +48,24 @@ SYNTH = [("ice40", 4, 4, 32, (1, -1)), ("ecp5", 4, 4, 32, (1, -1)), ("ecp5", 4, 
 YOSYS_SCRIPTS = {"ice40": "synth_ice40 -top arr", "ecp5": "synth_ecp5 -top arr -nowidelut"}
 
 
-def compiled(arch: str, shape):
+def compiled(name: str):
+    arch, shape, width, m, n = NETWORKS[name]
     torch.manual_seed(0)
-    model = build_model(arch, in_shape=shape, num_classes=10, width=0.125, M=2, N=2)
+    model = build_model(arch, in_shape=shape, num_classes=10, width=width, M=m, N=n)
     x = batch_to_input(np.random.default_rng(0).integers(0, 256, (64, *shape)).astype(np.uint8))
     model.train()
     with torch.no_grad():
         model(x)
     model.eval()
-    net, _ = compile_model(model, shape, 10, name=arch)
+    net, _ = compile_model(model, shape, 10, name=name)
     return net
 
 
 def cycle_table() -> list[dict]:
     rows = []
-    for arch, shape in NETWORKS.items():
-        net = compiled(arch, shape)
-        for r, c, s, mode in CONFIGS:
+    for arch in NETWORKS:
+        net = compiled(arch)
+        for r, c, s, mode in BNN_CONFIGS if "bnn" in arch else CONFIGS:
             plan = plan_network(net, r, c, s, gain_mode=mode)
             cycles = analytic_cycles(plan)
             binary = [layer for layer in cycles["layers"]
@@ -102,7 +111,7 @@ def synth_whole(arch: str, r: int, c: int, s: int) -> dict:
     """The whole generated accelerator (binforge_top) through synth_ice40."""
     from binforge.hw.generate import generate
 
-    net = compiled(arch, NETWORKS[arch])
+    net = compiled(arch)
     with tempfile.TemporaryDirectory() as tmp:
         desc = generate(net, r, c, s, tmp)
         start = time.time()
