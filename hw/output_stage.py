@@ -4,7 +4,8 @@ After every group of R channels x C positions the array's results are drained, o
 column (position) per cycle: per channel a threshold compare with flip gives one bit per
 activation plane, written into the next activation buffer; or, for the affine last
 layer, ``acc = offset - 2 * P`` is written into the logits memory while a running argmax
-keeps the first index of the maximum.
+(:class:`RunningArgmax`, its compare split over two cycles) keeps the first index of the
+maximum.
 """
 
 from __future__ import annotations
@@ -13,9 +14,14 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from .plan import OUT_DATA_WIDTH
+from .plan import ARGMAX_TAIL_CYCLES, OUT_DATA_WIDTH
 
-__all__ = ["OutputStage"]
+__all__ = ["OutputStage", "RunningArgmax", "ARGMAX_LATENCY"]
+
+#: Cycles from a value written into :class:`RunningArgmax` to ``best_index`` showing it
+#: (the cycle model's ``ARGMAX_TAIL_CYCLES`` is this less the one the sequencer's finish
+#: cycle already gives).
+ARGMAX_LATENCY = 2
 
 
 def _addr_width(depth: int) -> int:
@@ -48,13 +54,16 @@ class OutputStage(wiring.Component):
     logit_addr, logit_data, logit_we : Out
         Logits memory write.
     class_index : Out
-        First index of the maximum logit of the last layer drained.
+        First index of the maximum logit of the last layer drained (valid from the cycle
+        after ``drained``).
     drained : Out(1)
-        High in the cycle the layer's last write is issued and nothing is left to drain.
+        High in the cycle the layer's last write is issued and nothing is left to drain;
+        for the affine layer ``ARGMAX_TAIL_CYCLES`` later, once the argmax has decided.
 
     Latency: a group's reads start the cycle after ``group_done`` and take ``drain``
     cycles (the plan records them); its last write is issued 3 cycles after its last read
-    (result/constant read, compare, lane placement), with ``drained``.
+    (result/constant read, compare, lane placement), with ``drained`` (affine layer:
+    ``ARGMAX_TAIL_CYCLES`` later).
     """
 
     def __init__(self, plan, descriptor, act_addr_width: int):
@@ -261,21 +270,107 @@ class OutputStage(wiring.Component):
             self.logit_addr.eq(d2_idx),
             self.logit_data.eq(d2_logit),
         ]
-        # Argmax over the logits as they are written: the first index of the maximum.
-        best = Signal(signed(OUT_DATA_WIDTH))
-        best_idx = Signal(self._logit_aw)
-        seen = Signal()
-        with m.If(self.layer_start):
-            m.d.sync += seen.eq(0)
-        with m.Elif(self.logit_we):
-            better = (self.logit_data.as_signed() > best) | (
-                (self.logit_data.as_signed() == best) & (self.logit_addr < best_idx))
-            with m.If(~seen | better):
-                m.d.sync += [best.eq(self.logit_data.as_signed()), best_idx.eq(self.logit_addr), seen.eq(1)]
-        m.d.comb += self.class_index.eq(best_idx)
+        # Argmax over the logits as they are written: the first index of the maximum, ready
+        # ARGMAX_LATENCY cycles after the last logit's write.
+        m.submodules.argmax = argmax = RunningArgmax(OUT_DATA_WIDTH, self._logit_aw)
+        m.d.comb += [argmax.restart.eq(self.layer_start), argmax.valid.eq(self.logit_we),
+                     argmax.data.eq(self.logit_data), argmax.index.eq(self.logit_addr),
+                     self.class_index.eq(argmax.best_index)]
 
-        # The layer is drained once its last group's last write has been issued.
+        # The layer is drained once its last group's last write has been issued, and for
+        # the affine layer, once the argmax holds its class: ARGMAX_TAIL_CYCLES later.
         d3_last = Signal()
-        m.d.sync += d3_last.eq(d2_last & ~self.layer_start)
-        m.d.comb += self.drained.eq(d3_last)
+        d3_affine = Signal()
+        m.d.sync += [d3_last.eq(d2_last & ~self.layer_start), d3_affine.eq(d2_affine)]
+        affine_last = d3_last & d3_affine
+        for i in range(ARGMAX_TAIL_CYCLES):
+            delayed = Signal(name=f"argmax_wait{i}")
+            m.d.sync += delayed.eq(affine_last & ~self.layer_start)
+            affine_last = delayed
+        m.d.comb += self.drained.eq((d3_last & ~d3_affine) | affine_last)
+        return m
+
+
+class RunningArgmax(wiring.Component):
+    """The first index of the maximum of a stream of signed values, compare pipelined.
+
+    A value is better than the best so far if it is larger, or equal with a smaller
+    index (so the result is the first index of the maximum whatever the order the values
+    come in). The compare is split over two cycles: in the first, the value's high and
+    low halves are compared (two short carry chains) against the best and against the
+    value one cycle ahead of it; in the second, the halves' flags pick the decision,
+    taking the compare against the value ahead when that value has just become the best.
+    Values may come in every cycle.
+
+    Parameters
+    ----------
+    data_width : int
+        Width of the signed values.
+    index_width : int
+        Width of the indices.
+
+    Members
+    -------
+    restart : In(1)
+        Forget everything (also the values in flight).
+    valid : In(1)
+        ``data`` and ``index`` hold a value this cycle.
+    data : In(signed(data_width))
+    index : In(index_width)
+    best_index : Out(index_width)
+        Index of the best value; a value written in cycle ``t`` counts from cycle
+        ``t + ARGMAX_LATENCY``.
+    """
+
+    def __init__(self, data_width: int, index_width: int):
+        self._split = data_width // 2
+        super().__init__({
+            "restart": In(1),
+            "valid": In(1),
+            "data": In(signed(data_width)),
+            "index": In(index_width),
+            "best_index": Out(index_width),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        half = self._split
+        flags = data.StructLayout({"hi_gt": 1, "hi_eq": 1, "lo_gt": 1, "lo_eq": 1, "idx_lt": 1})
+
+        def compare(value, value_index, other, other_index):
+            """Split compare flags of ``(value, index)`` against ``(other, index)``."""
+            out = Signal(flags)
+            m.d.comb += [out.hi_gt.eq(value[half:].as_signed() > other[half:].as_signed()),
+                         out.hi_eq.eq(value[half:] == other[half:]),
+                         out.lo_gt.eq(value[:half] > other[:half]),
+                         out.lo_eq.eq(value[:half] == other[:half]),
+                         out.idx_lt.eq(value_index < other_index)]
+            return out
+
+        best = Signal.like(self.data)
+        best_index = Signal.like(self.index)
+        seen = Signal()  # best holds a value
+        # Stage 1: the value in flight and its compare flags.
+        p_valid = Signal()
+        p_data = Signal.like(self.data)
+        p_index = Signal.like(self.index)
+        p_vs_best = Signal(flags)  # against best as it was in stage 1
+        p_vs_ahead = Signal(flags)  # against the value one cycle ahead of it
+        taken = Signal()  # stage 2 took its value last cycle: best is that value now
+        vs_best = compare(self.data, self.index, best, best_index)
+        vs_ahead = compare(self.data, self.index, p_data, p_index)
+        m.d.sync += [p_valid.eq(self.valid & ~self.restart), p_data.eq(self.data), p_index.eq(self.index),
+                     p_vs_best.eq(vs_best), p_vs_ahead.eq(vs_ahead)]
+        # Stage 2: decide.
+        f = Signal(flags)
+        m.d.comb += f.eq(Mux(taken, p_vs_ahead, p_vs_best))
+        better = f.hi_gt | (f.hi_eq & (f.lo_gt | (f.lo_eq & f.idx_lt)))
+        take = Signal()
+        m.d.comb += take.eq(p_valid & (~seen | better))
+        m.d.sync += taken.eq(take & ~self.restart)
+        with m.If(self.restart):
+            m.d.sync += seen.eq(0)
+        with m.Elif(take):
+            m.d.sync += [best.eq(p_data), best_index.eq(p_index), seen.eq(1)]
+        m.d.comb += self.best_index.eq(best_index)
         return m

@@ -59,6 +59,10 @@ LAYER_LOAD_CYCLES = 1
 #: From the last group's done to the next layer: drain start (1), then after the last read:
 #: result/constant read, compare, lane placement, write (3).
 DRAIN_TAIL_CYCLES = 4
+#: The affine (last) layer only: its running argmax decides one cycle after its compare
+#: (the compare of each logit is split over two cycles), so the class is ready this many
+#: cycles after the last logit's write.
+ARGMAX_TAIL_CYCLES = 1
 #: Pool engine: read latency + write register.
 POOL_TAIL_CYCLES = 2
 
@@ -558,7 +562,7 @@ def _compute_cycles(p: ComputePlan, plan: NetworkPlan) -> int:
     drain = p.drain_last
     # done of the last group: last beat + 1 (window register) + 1 (memory read) + array latency
     done = last_beat + 2 + plan.array_latency
-    return done + drain + DRAIN_TAIL_CYCLES
+    return done + drain + DRAIN_TAIL_CYCLES + (ARGMAX_TAIL_CYCLES if p.affine else 0)
 
 
 def _pool_cycles(p: PoolPlan) -> int:

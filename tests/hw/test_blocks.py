@@ -10,8 +10,8 @@ from binforge.compiler import ir
 from binforge.compiler.random_network import random_conv, random_linear
 from binforge.hw.descriptor import DescriptorFormat
 from binforge.hw.maxpool import BitMaxPool
-from binforge.hw.output_stage import OutputStage
-from binforge.hw.plan import plan_network, tensor_layouts
+from binforge.hw.output_stage import ARGMAX_LATENCY, OutputStage, RunningArgmax
+from binforge.hw.plan import ARGMAX_TAIL_CYCLES, plan_network, tensor_layouts
 from binforge.hw.window import WindowGenerator
 from binforge.sim.golden import run_network
 from networks import conv_logits_network, small_network
@@ -209,6 +209,66 @@ def test_output_stage_writes_bits_and_logits(rows, cols, simd, case):
         bits = bits.reshape(p.out_planes, p.out_c, p.out_h, p.out_w)
         want = pack_tensor(bits, layouts[2])
         assert [memory_words.get(a, "unwritten") for a in range(len(want))] == want
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_running_argmax_keeps_the_first_index_of_the_maximum(seed):
+    """Streams with many ties (values from a few levels, or equal in one half only),
+    written back to back or with gaps, indices in any order, restarted in between: after
+    each write the index shown ARGMAX_LATENCY cycles later is the smallest index among
+    the largest values so far."""
+    rng = np.random.default_rng(seed)
+    width, index_width = 32, 6
+    argmax = RunningArgmax(width, index_width)
+    half = width // 2
+    levels = [-(1 << 31), -1, 0, 1, 5 << half, (5 << half) + 3, (5 << half) - 1, (1 << 31) - 1]
+    streams = []
+    for _ in range(6):
+        n = int(rng.integers(1, 12))
+        values = [int(rng.choice(levels)) if rng.random() < 0.7 else int(rng.integers(-(1 << 31), 1 << 31))
+                  for _ in range(n)]
+        indices = [int(i) for i in rng.permutation(1 << index_width)[:n]]
+        gaps = [int(rng.choice([0, 0, 0, 1, 2])) for _ in range(n)]
+        streams.append(list(zip(values, indices, gaps, strict=True)))
+    checked = []
+
+    async def tb(ctx):
+        for stream in streams:
+            ctx.set(argmax.restart, 1)
+            await ctx.tick()
+            ctx.set(argmax.restart, 0)
+            history = []  # (cycle written, expected best index after it)
+            seen = []
+            cycle = 0
+            pending = list(stream)
+            while pending or (history and cycle <= history[-1][0] + ARGMAX_LATENCY):
+                due = [want for at, want in history if at + ARGMAX_LATENCY == cycle]
+                if due:
+                    checked.append((ctx.get(argmax.best_index), due[0]))
+                if pending and pending[0][2] == 0:
+                    value, index, _ = pending.pop(0)
+                    ctx.set(argmax.valid, 1)
+                    ctx.set(argmax.data, value)
+                    ctx.set(argmax.index, index)
+                    seen.append((value, index))
+                    top = max(v for v, _ in seen)
+                    history.append((cycle, min(i for v, i in seen if v == top)))
+                else:
+                    if pending:
+                        v, i, g = pending[0]
+                        pending[0] = (v, i, g - 1)
+                    ctx.set(argmax.valid, 0)
+                await ctx.tick()
+                cycle += 1
+            ctx.set(argmax.valid, 0)
+
+    simulate(argmax, tb)
+    assert len(checked) == sum(len(s) for s in streams)
+    assert [got for got, _ in checked] == [want for _, want in checked]
+
+
+def test_argmax_tail_is_the_argmax_latency_beyond_the_finish_cycle():
+    assert ARGMAX_TAIL_CYCLES == ARGMAX_LATENCY - 1
 
 
 # ---- bit max-pool ---------------------------------------------------------------------------
