@@ -317,7 +317,7 @@ def simulate_network(hw_dir: str | os.PathLike, net: Network, images: np.ndarray
                      run_dir: str | os.PathLike, build_root: str | os.PathLike | None = None,
                      seed: int = 0, in_stall: float = 0.0, out_stall: float = 0.0,
                      reset_before: Sequence[int] = (), chunk: int = 50, waves: bool = False,
-                     check_cycles: bool = True,
+                     check_cycles: bool = True, localise: int = LOCALISED_IMAGES,
                      progress: Callable[[int], None] | None = None) -> NetworkSimResult:
     """Run ``images`` (uint8 ``(N, C, H, W)``) through the RTL in ``hw_dir`` and check them.
 
@@ -341,6 +341,9 @@ def simulate_network(hw_dir: str | os.PathLike, net: Network, images: np.ndarray
         Images per simulator run (progress is reported per chunk).
     waves:
         Record waveforms into the build folder.
+    localise:
+        How many differing images to run again with the debug tap traced, to name the
+        first layer that differs (:func:`localise_layers`); 0: none.
     progress:
         Called with the number of images finished after every chunk.
 
@@ -386,7 +389,7 @@ def simulate_network(hw_dir: str | os.PathLike, net: Network, images: np.ndarray
         result.sim_seconds += time.perf_counter() - t0
         mism = report.get("mismatches", [])
         bad_images = {int(m["image"]) for m in mism if "image" in m}
-        for number in sorted(bad_images)[: max(0, LOCALISED_IMAGES - len(result.localisations))]:
+        for number in sorted(bad_images)[: max(0, localise - len(result.localisations))]:
             result.localisations.append(_localise_image(
                 design, net, int(desc["simd"]), images[number], golden, number, run_dir / f"localise-{number:06d}",
                 load_cycles, seed))

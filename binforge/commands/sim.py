@@ -54,6 +54,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--seed", type=int, default=0, help="seed of the random stalls (default 0)")
     parser.add_argument("--chunk", type=int, default=25, metavar="N",
                         help="images per simulator run; progress is shown per run (default 25)")
+    parser.add_argument("--localise", type=int, default=3, metavar="N",
+                        help="run the first N differing images again with every layer's writes traced, "
+                        "and name the first layer that differs (default 3; 0: off)")
     parser.add_argument("--waves", action="store_true",
                         help="record waveforms (into the simulator's build folder; slower)")
     parser.add_argument("--build-root", metavar="DIR",
@@ -91,7 +94,7 @@ def _simulate(args, net, images, run_dir: Path):
 
         return simulate_network(args.hw_dir, net, images, simulator=args.simulator, run_dir=run_dir,
                                 build_root=args.build_root, seed=args.seed, in_stall=args.stall, out_stall=args.stall,
-                                chunk=args.chunk, waves=args.waves, progress=progress)
+                                chunk=args.chunk, waves=args.waves, localise=args.localise, progress=progress)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         raise BinforgeError(f"--stall must be a probability in [0, 1), not {args.stall}")
     if args.chunk < 1:
         raise BinforgeError(f"--chunk must be at least 1, not {args.chunk}")
+    if args.localise < 0:
+        raise BinforgeError(f"--localise must be 0 or more, not {args.localise}")
     require_simulator(args.simulator)
     desc, _ = read_hw(args.hw_dir)
     net = _network(args)

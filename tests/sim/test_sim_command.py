@@ -58,11 +58,12 @@ def test_sim_command_localises_a_differing_layer(tiny_net_dir, build_root, tmp_p
     ir.save(faulty, tmp_path / "faulty")
     out = tmp_path / "out"
     rc = main(["sim", str(hw), "--net", str(tmp_path / "faulty"), "--data", "synthetic=1,6,6,4", "--limit", "6",
-               "--build-root", str(build_root), "--out", str(out)])
+               "--localise", "2", "--build-root", str(build_root), "--out", str(out)])
     printed = capsys.readouterr().out
     assert rc == 1, printed
     report = json.loads((out / "report.json").read_text())
-    assert report["localisations"], report["mismatches"]
+    assert report["matches"] <= 4, "the planted fault must change at least two images"
+    assert len(report["localisations"]) == 2  # --localise 2: the first two differing images
     assert {found["first_bad_layer"] for found in report["localisations"]} == {conv}
     assert f"first differing layer {conv} (conv1)" in printed and "channel=1" in printed
 
@@ -77,6 +78,13 @@ def test_sim_command_names_how_to_install_a_missing_simulator(tiny_net_dir, monk
     assert rc == 2
     assert "iverilog not found" in err and "apt-get install -y iverilog" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_sim_command_refuses_a_negative_localise_count(tiny_net_dir, capsys):
+    _, hw = tiny_net_dir
+    rc = main(["sim", str(hw), "--data", "synthetic=1,6,6,4", "--limit", "1", "--localise", "-1"])
+    assert rc == 2
+    assert "--localise must be 0 or more, not -1" in capsys.readouterr().err
 
 
 def test_sim_command_refuses_a_network_the_hardware_was_not_made_from(tiny_net_dir, tmp_path, capsys):
