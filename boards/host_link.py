@@ -6,7 +6,7 @@ the accelerator, passes the pixels on, and turns the accelerator's result stream
 (class, then logits) and cycle count into the reply, byte by byte.
 """
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -87,116 +87,122 @@ class HostLink(wiring.Component):
         lb, n = self.logit_bytes, self._num_classes
         length = Signal(16)
         remaining = Signal(16)
+        # Registered compares, so that no state change waits for a wide compare:
+        remaining_one = Signal()  # remaining == 1
+        length_ok = Signal()  # length == pixels
+        length_zero = Signal()  # length == 0
         bad = Signal()
         status = Signal(8)
         word = Signal(RESULT_DATA_WIDTH)  # the result word being sent, shifted a byte at a time
         byte_index = Signal(range(max(lb, CYCLE_BYTES) + 1))
         logits_left = Signal(range(n + 1))
 
-        def send(value, then):
-            """Offer ``value`` on tx; when taken, go to ``then``."""
-            m.d.comb += [self.busy.eq(1), self.tx.valid.eq(1), self.tx.payload.eq(value)]
-            with m.If(self.tx.ready):
-                m.next = then
+        # One flip-flop per state (one-hot): each state's next value is a small OR of its
+        # entries and its stay, not a decode of a state number.
+        state = _OneHotStates(_STATES)
+        at = state.at
+        send_states = {"reply_magic": REPLY_MAGIC, "reply_status": status, "reply_class": word[:8],
+                       "reply_logit_bytes": lb, "reply_count": n, "reply_logit": word[:8],
+                       "reply_cycles": word[:8]}
+        m.d.comb += [
+            self.busy.eq(~at["magic"]),
+            self.start.eq(at["start"]),
+            self.tx.valid.eq(Cat(at[name] for name in send_states).any()),
+            self.rx.ready.eq(at["magic"] | at["length_low"] | at["length_high"] | at["drain"]
+                             | (at["pixels"] & self.pixels.ready)),
+            self.pixels.valid.eq(at["pixels"] & self.rx.valid),
+            self.pixels.payload.eq(self.rx.payload),
+            self.result.ready.eq((at["fetch_class"] | (at["fetch_logit"] & (logits_left != 0))) & ~bad),
+        ]
+        payload = 0
+        for name, value in send_states.items():
+            payload = payload | Mux(at[name], value, 0)
+        m.d.comb += self.tx.payload.eq(payload)
 
-        with m.FSM():
-            with m.State("magic"):
-                m.d.comb += self.rx.ready.eq(1)
-                with m.If(self.rx.valid & (self.rx.payload == REQUEST_MAGIC)):
-                    m.next = "length_low"
-            with m.State("length_low"):
-                m.d.comb += [self.rx.ready.eq(1), self.busy.eq(1)]
-                with m.If(self.rx.valid):
-                    m.d.sync += length[:8].eq(self.rx.payload)
-                    m.next = "length_high"
-            with m.State("length_high"):
-                m.d.comb += [self.rx.ready.eq(1), self.busy.eq(1)]
-                with m.If(self.rx.valid):
-                    m.d.sync += [length[8:].eq(self.rx.payload),
-                                 remaining.eq(self.rx.payload << 8 | length[:8])]
-                    m.next = "check"
-            with m.State("check"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += bad.eq(length != self._pixels)
-                with m.If(length == self._pixels):
-                    m.d.sync += status.eq(STATUS_OK)
-                    m.next = "start"
-                with m.Else():
-                    m.d.sync += status.eq(STATUS_BAD_LENGTH)
-                    with m.If(length == 0):
-                        m.next = "reply_magic"
-                    with m.Else():
-                        m.next = "drain"
-            with m.State("start"):
-                m.d.comb += [self.busy.eq(1), self.start.eq(1)]
-                m.next = "pixels"
-            with m.State("pixels"):
-                m.d.comb += [self.busy.eq(1), self.pixels.valid.eq(self.rx.valid),
-                             self.pixels.payload.eq(self.rx.payload),
-                             self.rx.ready.eq(self.pixels.ready)]
-                with m.If(self.rx.valid & self.pixels.ready):
-                    m.d.sync += remaining.eq(remaining - 1)
-                    with m.If(remaining == 1):
-                        m.next = "reply_magic"
-            with m.State("drain"):
-                m.d.comb += [self.busy.eq(1), self.rx.ready.eq(1)]
-                with m.If(self.rx.valid):
-                    m.d.sync += remaining.eq(remaining - 1)
-                    with m.If(remaining == 1):
-                        m.next = "reply_magic"
-            with m.State("reply_magic"):
-                send(REPLY_MAGIC, "reply_status")
-            with m.State("reply_status"):
-                send(status, "fetch_class")
-            with m.State("fetch_class"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(bad):
-                    m.d.sync += word.eq(0)
-                    m.next = "reply_class"
-                with m.Else():
-                    m.d.comb += self.result.ready.eq(1)
-                    with m.If(self.result.valid):
-                        m.d.sync += word.eq(self.result.payload.data)
-                        m.next = "reply_class"
-            with m.State("reply_class"):
-                send(word[:8], "reply_logit_bytes")
-            with m.State("reply_logit_bytes"):
-                send(lb, "reply_count")
-                m.d.sync += logits_left.eq(n)
-            with m.State("reply_count"):
-                send(n, "fetch_logit")
-            with m.State("fetch_logit"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += byte_index.eq(0)
-                with m.If(logits_left == 0):
-                    m.next = "wait_done"
-                with m.Elif(bad):
-                    m.d.sync += [word.eq(0), logits_left.eq(logits_left - 1)]
-                    m.next = "reply_logit"
-                with m.Else():
-                    m.d.comb += self.result.ready.eq(1)
-                    with m.If(self.result.valid):
-                        m.d.sync += [word.eq(self.result.payload.data), logits_left.eq(logits_left - 1)]
-                        m.next = "reply_logit"
-            with m.State("reply_logit"):
-                m.d.comb += [self.busy.eq(1), self.tx.valid.eq(1), self.tx.payload.eq(word[:8])]
-                with m.If(self.tx.ready):
-                    m.d.sync += [word.eq(word >> 8), byte_index.eq(byte_index + 1)]
-                    with m.If(byte_index == lb - 1):
-                        m.next = "fetch_logit"
-            with m.State("wait_done"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += byte_index.eq(0)
-                with m.If(bad):
-                    m.d.sync += word.eq(0)
-                    m.next = "reply_cycles"
-                with m.Elif(self.done):
-                    m.d.sync += word.eq(self.cycles)
-                    m.next = "reply_cycles"
-            with m.State("reply_cycles"):
-                m.d.comb += [self.busy.eq(1), self.tx.valid.eq(1), self.tx.payload.eq(word[:8])]
-                with m.If(self.tx.ready):
-                    m.d.sync += [word.eq(word >> 8), byte_index.eq(byte_index + 1)]
-                    with m.If(byte_index == CYCLE_BYTES - 1):
-                        m.next = "magic"
+        rx_byte = self.rx.valid
+        sent = self.tx.ready
+        result_in = self.result.valid & self.result.ready
+        state.go("magic", "length_low", rx_byte & (self.rx.payload == REQUEST_MAGIC))
+        state.go("length_low", "length_high", rx_byte)
+        state.go("length_high", "check", rx_byte)
+        state.go("check", "start", length_ok)
+        state.go("check", "reply_magic", ~length_ok & length_zero)
+        state.go("check", "drain", ~length_ok & ~length_zero)
+        state.go("start", "pixels", 1)
+        state.go("pixels", "reply_magic", rx_byte & self.pixels.ready & remaining_one)
+        state.go("drain", "reply_magic", rx_byte & remaining_one)
+        state.go("reply_magic", "reply_status", sent)
+        state.go("reply_status", "fetch_class", sent)
+        state.go("fetch_class", "reply_class", bad | self.result.valid)
+        state.go("reply_class", "reply_logit_bytes", sent)
+        state.go("reply_logit_bytes", "reply_count", sent)
+        state.go("reply_count", "fetch_logit", sent)
+        state.go("fetch_logit", "wait_done", logits_left == 0)
+        state.go("fetch_logit", "reply_logit", (logits_left != 0) & (bad | self.result.valid))
+        state.go("reply_logit", "fetch_logit", sent & (byte_index == lb - 1))
+        state.go("wait_done", "reply_cycles", bad | self.done)
+        state.go("reply_cycles", "magic", sent & (byte_index == CYCLE_BYTES - 1))
+        state.elaborate(m)
+
+        with m.If(at["length_low"] & rx_byte):
+            m.d.sync += length[:8].eq(self.rx.payload)
+        with m.If(at["length_high"] & rx_byte):
+            whole = Cat(length[:8], self.rx.payload)
+            m.d.sync += [length[8:].eq(self.rx.payload), remaining.eq(whole),
+                         remaining_one.eq(whole == 1), length_ok.eq(whole == self._pixels),
+                         length_zero.eq(whole == 0)]
+        with m.If(at["check"]):
+            m.d.sync += [bad.eq(~length_ok), status.eq(Mux(length_ok, STATUS_OK, STATUS_BAD_LENGTH))]
+        with m.If((at["pixels"] & self.pixels.ready | at["drain"]) & rx_byte):
+            m.d.sync += [remaining.eq(remaining - 1), remaining_one.eq(remaining == 2)]
+        with m.If(at["reply_logit_bytes"]):
+            m.d.sync += logits_left.eq(n)
+        with m.If(at["fetch_class"]):
+            with m.If(bad):
+                m.d.sync += word.eq(0)
+            with m.Elif(result_in):
+                m.d.sync += word.eq(self.result.payload.data)
+        with m.If(at["fetch_logit"]):
+            m.d.sync += byte_index.eq(0)
+            with m.If((logits_left != 0) & bad):
+                m.d.sync += [word.eq(0), logits_left.eq(logits_left - 1)]
+            with m.Elif(result_in):
+                m.d.sync += [word.eq(self.result.payload.data), logits_left.eq(logits_left - 1)]
+        with m.If((at["reply_logit"] | at["reply_cycles"]) & sent):
+            m.d.sync += [word.eq(word >> 8), byte_index.eq(byte_index + 1)]
+        with m.If(at["wait_done"]):
+            m.d.sync += byte_index.eq(0)
+            with m.If(bad):
+                m.d.sync += word.eq(0)
+            with m.Elif(self.done):
+                m.d.sync += word.eq(self.cycles)
         return m
+
+
+_STATES = ("magic", "length_low", "length_high", "check", "start", "pixels", "drain", "reply_magic",
+           "reply_status", "fetch_class", "reply_class", "reply_logit_bytes", "reply_count",
+           "fetch_logit", "reply_logit", "wait_done", "reply_cycles")
+
+
+class _OneHotStates:
+    """A state machine with one flip-flop per state; the first state is the reset state.
+
+    ``go(a, b, cond)`` leaves ``a`` for ``b`` when ``a`` is current and ``cond`` holds
+    (the conditions out of one state must exclude each other).
+    """
+
+    def __init__(self, names):
+        self.at = {name: Signal(name=f"state_{name}", init=int(i == 0)) for i, name in enumerate(names)}
+        self._leave = {name: [] for name in names}
+        self._enter = {name: [] for name in names}
+
+    def go(self, source, target, cond):
+        taken = self.at[source] & cond
+        self._leave[source].append(taken)
+        self._enter[target].append(taken)
+
+    def elaborate(self, m):
+        for name, flag in self.at.items():
+            leaving = Cat(self._leave[name]).any() if self._leave[name] else 0
+            entering = Cat(self._enter[name]).any() if self._enter[name] else 0
+            m.d.sync += flag.eq((flag & ~leaving) | entering)
