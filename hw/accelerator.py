@@ -116,7 +116,10 @@ class Accelerator(wiring.Component):
         plane_acc = Signal(aw)
         bit_addr = Signal(aw)
         last_plane = plane == INPUT_PLANES - 1
-        last_pixel = (channel == shape.channels - 1) & (pos == hw - 1)
+        # (channel, pos) is the image's last pixel: a flag kept with the counters, so that
+        # the stream's ready and the loader's branches wait for no compare.
+        only_pixel = shape.channels == 1 and hw == 1
+        last_pixel = Signal(init=int(only_pixel))
         bit = Signal()
         m.d.comb += bit.eq(byte.bit_select(plane, 1))
         im2col = layout.im2col
@@ -168,6 +171,7 @@ class Accelerator(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [self.done.eq(0), have.eq(0), plane.eq(0), channel.eq(0), pos.eq(0),
+                                 last_pixel.eq(only_pixel),
                                  pos_acc.eq(0), plane_acc.eq(0), count.eq(0)]
                     if im2col is not None:
                         m.d.sync += [ky.eq(0), kx.eq(0), y.eq(0), x.eq(0)]
@@ -188,9 +192,11 @@ class Accelerator(wiring.Component):
                     with m.If(last_plane):
                         m.d.sync += [plane.eq(0), plane_acc.eq(0), have.eq(0)]
                         with m.If(pos == hw - 1):
-                            m.d.sync += [pos.eq(0), pos_acc.eq(0), channel.eq(channel + 1)]
+                            m.d.sync += [pos.eq(0), pos_acc.eq(0), channel.eq(channel + 1),
+                                         last_pixel.eq(channel == shape.channels - 2 if hw == 1 else 0)]
                         with m.Else():
-                            m.d.sync += [pos.eq(pos + 1), pos_acc.eq(pos_acc + layout.pos_stride)]
+                            m.d.sync += [pos.eq(pos + 1), pos_acc.eq(pos_acc + layout.pos_stride),
+                                         last_pixel.eq((channel == shape.channels - 1) & (pos == hw - 2))]
                         if im2col is not None:
                             with m.If(x == shape.width - 1):
                                 m.d.sync += [x.eq(0), y.eq(Mux(y == shape.height - 1, 0, y + 1))]
