@@ -111,10 +111,15 @@ class WindowGenerator(wiring.Component):
         row_off = Signal(aw)
         tap_off = Signal(aw)
         wgroup = Signal(len(self.weight_addr) + 1)  # the channel group's first weight word
-        in_op = Signal(len(self.weight_addr) + 1)  # beat within the op
+        # wgroup + the beat's index within its op, and the op table's read address
+        # (op_base + op), each kept in a register of its own and stepped with its counters:
+        # no adder before the op table, one after it.
+        wbeat = Signal(len(self.weight_addr) + 1)
+        op_addr = Signal(len(op_rd.addr))
+        op_start = Signal(init=1)  # the beat is its op's first
         guard = Signal(16)
         running = Signal()
-        m.d.comb += op_rd.addr.eq(d.op_base + op)
+        m.d.comb += op_rd.addr.eq(op_addr)
 
         yi0 = [Signal(signed(aw), name=f"yi0_{c}") for c in range(cols)]
         xi0 = [Signal(signed(aw), name=f"xi0_{c}") for c in range(cols)]
@@ -147,10 +152,10 @@ class WindowGenerator(wiring.Component):
         gain_code = op_rd.data[ow + ww:]
         if fmt.kind == "horner":
             # the accumulator doubles before an op's first beat only
-            gain_code = Mux(in_op == 0, gain_code, gain_code[0])
+            gain_code = Mux(op_start, gain_code, gain_code[0])
         m.d.sync += [self.beat.eq(issue & ~self.start), self.first.eq(first), self.last.eq(last),
                      self.gain.eq(gain_code),
-                     self.weight_addr.eq(wgroup + op_rd.data[ow:ow + ww] + in_op),
+                     self.weight_addr.eq(wbeat + op_rd.data[ow:ow + ww]),
                      self.pad_word.eq(Mux(j_last, d.pad_last, d.pad_full))]
         plane_off = op_rd.data[:ow]
         for c in range(cols):
@@ -166,7 +171,8 @@ class WindowGenerator(wiring.Component):
         with m.If(self.start):
             m.d.sync += [running.eq(1), op.eq(0), ky.eq(0), kx.eq(0), j.eq(0), cg.eq(0), pg.eq(0),
                          row_off.eq(0), tap_off.eq(0), guard.eq(0), guard_on.eq(0)]
-            m.d.sync += [wgroup.eq(self.init.weight_base), in_op.eq(0)]
+            m.d.sync += [wgroup.eq(self.init.weight_base), wbeat.eq(self.init.weight_base), op_start.eq(1),
+                         op_addr.eq(self.init.op_base)]
             m.d.sync += [op_last.eq(self.init.opl == 0), ky_last.eq(self.init.khl == 0),
                          kx_last.eq(self.init.kwl == 0), j_last.eq(self.init.cwl == 0),
                          cg_last.eq(self.init.cgl == 0), pg_last.eq(self.init.pgl == 0),
@@ -175,7 +181,7 @@ class WindowGenerator(wiring.Component):
                 m.d.sync += [yi0[c].eq(self.init.yi0[c]), xi0[c].eq(self.init.xi0[c]),
                              base[c].eq(self.init.base[c])]
         with m.Elif(issue):
-            m.d.sync += [in_op.eq(in_op + 1), at_first.eq(0)]
+            m.d.sync += [wbeat.eq(wbeat + 1), op_start.eq(0), at_first.eq(0)]
             with m.If(~run_end):
                 m.d.sync += tap_off.eq(tap_off + 1)
                 with m.If(j_last):
@@ -190,20 +196,22 @@ class WindowGenerator(wiring.Component):
             with m.Else():
                 m.d.sync += [j.eq(0), kx.eq(0), ky.eq(0), row_off.eq(0), tap_off.eq(0)]
                 m.d.sync += [j_last.eq(d.cwl == 0), kx_last.eq(d.kwl == 0), ky_last.eq(d.khl == 0)]
-                m.d.sync += in_op.eq(0)
+                m.d.sync += [wbeat.eq(wgroup), op_start.eq(1)]
                 with m.If(~op_last):
-                    m.d.sync += [op.eq(op + 1), op_last.eq(op + 1 == d.opl)]
+                    m.d.sync += [op.eq(op + 1), op_last.eq(op + 1 == d.opl), op_addr.eq(op_addr + 1)]
                 with m.Else():
                     # The group's last beat.
                     guard_value = Mux(pg_last, d.guard_last, d.guard_full)
-                    m.d.sync += [op.eq(0), op_last.eq(d.opl == 0), at_first.eq(1),
+                    m.d.sync += [op.eq(0), op_last.eq(d.opl == 0), at_first.eq(1), op_addr.eq(d.op_base),
                                  guard.eq(guard_value), guard_on.eq(guard_value != 0)]
                     with m.If(~cg_last):
                         m.d.sync += [cg.eq(cg + 1), cg_last.eq(cg + 1 == d.cgl),
-                                     wgroup.eq(wgroup + d.weight_group_step)]
+                                     wgroup.eq(wgroup + d.weight_group_step),
+                                     wbeat.eq(wgroup + d.weight_group_step)]
                     with m.Else():
                         m.d.sync += [cg.eq(0), cg_last.eq(d.cgl == 0), pg.eq(pg + 1),
-                                     pg_last.eq(pg + 1 == d.pgl), wgroup.eq(d.weight_base)]
+                                     pg_last.eq(pg + 1 == d.pgl), wgroup.eq(d.weight_base),
+                                     wbeat.eq(d.weight_base)]
                         for c in range(cols):
                             wrap = xi0[c] + d.adv_dx >= d.adv_wrap_x
                             m.d.sync += [
