@@ -61,8 +61,8 @@ class OutputStage(wiring.Component):
         for the affine layer ``ARGMAX_TAIL_CYCLES`` later, once the argmax has decided.
 
     Latency: a group's reads start the cycle after ``group_done`` and take ``drain``
-    cycles (the plan records them); its last write is issued 3 cycles after its last read
-    (result/constant read, compare, lane placement), with ``drained`` (affine layer:
+    cycles (the plan records them); its last write is issued 4 cycles after its last read
+    (result/constant read, compare halves, compare/logit, lane placement), with ``drained`` (affine layer:
     ``ARGMAX_TAIL_CYCLES`` later).
     """
 
@@ -218,19 +218,46 @@ class OutputStage(wiring.Component):
         entries = [data.View(const_layout, const_rd.data[r * (cvw + 2):(r + 1) * (cvw + 2)])
                    for r in range(rows)]
 
-        # D1: threshold compares (one per row) and the affine logit of (row, column).
-        bits = Signal(rows)
+        # D1: the threshold compares (one per row), each split in halves:
+        # p <= value  <=>  hi(p) < hi(value), or hi(p) == hi(value) and lo(p) <= lo(value)
+        # (high halves signed, low halves unsigned); the affine row's constant picked.
+        half = max(1, cvw // 2)
+        hi_lt, hi_eq, lo_le = Signal(rows), Signal(rows), Signal(rows)
+        flips, valids = Signal(rows), Signal(rows)
         for r in range(rows):
-            p = d1_results[r * pw:(r + 1) * pw].as_signed()
+            p = Signal(signed(cvw), name=f"result{r}")
             e = entries[r]
-            m.d.comb += bits[r].eq(((p <= e.value) ^ e.flip) & e.valid)
+            m.d.comb += [p.eq(d1_results[r * pw:(r + 1) * pw].as_signed()),
+                         hi_lt[r].eq(p[half:].as_signed() < e.value[half:].as_signed()),
+                         hi_eq[r].eq(p[half:] == e.value[half:]),
+                         lo_le[r].eq(p[:half] <= e.value[:half]),
+                         flips[r].eq(e.flip), valids[r].eq(e.valid)]
         row_entry = Signal(const_layout)
         with m.Switch(d1_row):
             for r in range(rows):
                 with m.Case(r):
                     m.d.comb += row_entry.eq(entries[r])
+
+        # ---- D1b: the halves' flags registered -> bits; the row's entry -> logit ------------
+        c_hi_lt, c_hi_eq, c_lo_le = Signal(rows), Signal(rows), Signal(rows)
+        c_flips, c_valids = Signal(rows), Signal(rows)
+        c_entry = Signal(const_layout)
+        c_one = Signal.like(d1_one)
+        c_valid, c_affine, c_fill, c_last = Signal(), Signal(), Signal(), Signal()
+        c_addr = Signal.like(d1_addr)
+        c_offset = Signal.like(d1_offset)
+        c_idx = Signal.like(d1_idx)
+        c_rows_valid = Signal.like(d1_rows_valid)
+        m.d.sync += [c_hi_lt.eq(hi_lt), c_hi_eq.eq(hi_eq), c_lo_le.eq(lo_le), c_flips.eq(flips),
+                     c_valids.eq(valids), c_entry.eq(row_entry), c_one.eq(d1_one),
+                     c_valid.eq(d1_valid & ~self.layer_start), c_affine.eq(d1_affine),
+                     c_fill.eq(d1_fill), c_last.eq(d1_last & ~self.layer_start),
+                     c_addr.eq(d1_addr), c_offset.eq(d1_offset), c_idx.eq(d1_idx),
+                     c_rows_valid.eq(d1_rows_valid)]
+        bits = Signal(rows)
+        m.d.comb += bits.eq(((c_hi_lt | (c_hi_eq & c_lo_le)) ^ c_flips) & c_valids)
         logit = Signal(signed(OUT_DATA_WIDTH))
-        m.d.comb += logit.eq(row_entry.value - (d1_one << (1 + plan.affine_shift)))
+        m.d.comb += logit.eq(c_entry.value - (c_one << (1 + plan.affine_shift)))
 
         # ---- D2: registered bits / logit; bits placed at lanes ``offset + r`` -----------------
         d2_bits = Signal(rows)
@@ -241,11 +268,11 @@ class OutputStage(wiring.Component):
         d2_offset = Signal.like(d1_offset)
         d2_idx = Signal.like(d1_idx)
         d2_rows_valid = Signal.like(d1_rows_valid)
-        m.d.sync += [d2_bits.eq(bits), d2_logit.eq(logit), d2_logit_valid.eq(row_entry.valid),
-                     d2_valid.eq(d1_valid & ~self.layer_start), d2_affine.eq(d1_affine),
-                     d2_fill.eq(d1_fill), d2_last.eq(d1_last & ~self.layer_start),
-                     d2_addr.eq(d1_addr), d2_offset.eq(d1_offset), d2_idx.eq(d1_idx),
-                     d2_rows_valid.eq(d1_rows_valid)]
+        m.d.sync += [d2_bits.eq(bits), d2_logit.eq(logit), d2_logit_valid.eq(c_entry.valid),
+                     d2_valid.eq(c_valid & ~self.layer_start), d2_affine.eq(c_affine),
+                     d2_fill.eq(c_fill), d2_last.eq(c_last & ~self.layer_start),
+                     d2_addr.eq(c_addr), d2_offset.eq(c_offset), d2_idx.eq(c_idx),
+                     d2_rows_valid.eq(c_rows_valid)]
         lane_data = Signal(s)
         lane_en = Signal(s)
         for lane in range(s):

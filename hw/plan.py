@@ -57,8 +57,8 @@ DEFAULT_GAIN_MODE = "shift"
 #: Loading one layer's descriptor.
 LAYER_LOAD_CYCLES = 1
 #: From the last group's done to the next layer: drain start (1), then after the last read:
-#: result/constant read, compare, lane placement, write (3).
-DRAIN_TAIL_CYCLES = 4
+#: result/constant read, compare halves, compare/logit, lane placement, write (4).
+DRAIN_TAIL_CYCLES = 5
 #: The affine (last) layer only: its running argmax decides one cycle after its compare
 #: (the compare of each logit is split over two cycles), so the class is ready this many
 #: cycles after the last logit's write.

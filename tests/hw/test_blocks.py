@@ -11,7 +11,7 @@ from binforge.compiler.random_network import random_conv, random_linear
 from binforge.hw.descriptor import DescriptorFormat
 from binforge.hw.maxpool import BitMaxPool
 from binforge.hw.output_stage import ARGMAX_LATENCY, OutputStage, RunningArgmax
-from binforge.hw.plan import ARGMAX_TAIL_CYCLES, plan_network, tensor_layouts
+from binforge.hw.plan import ARGMAX_TAIL_CYCLES, DRAIN_TAIL_CYCLES, plan_network, tensor_layouts
 from binforge.hw.window import WindowGenerator
 from binforge.sim.golden import run_network
 from networks import conv_logits_network, small_network
@@ -181,8 +181,9 @@ def test_output_stage_writes_bits_and_logits(rows, cols, simd, case):
                 ctx.set(stage.group_done, 1)
                 await ctx.tick()
                 ctx.set(stage.group_done, 0)
-                # hold the results for the whole drain (the sequencer guarantees it)
-                for _ in range(p.drain_full + 3):
+                # hold the results for the whole drain (the sequencer guarantees it); the
+                # last write comes DRAIN_TAIL_CYCLES - 1 cycles after the last read
+                for _ in range(p.drain_full + DRAIN_TAIL_CYCLES - 1):
                     if ctx.get(stage.act_we):
                         addr, data, en = (ctx.get(x) for x in (stage.act_addr, stage.act_data, stage.act_en))
                         old = memory_words.get(addr, (1 << simd) - 1)  # stale ones: cleared?
