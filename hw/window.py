@@ -139,8 +139,21 @@ class WindowGenerator(wiring.Component):
         first = at_first
         run_end = kx_last & j_last
         last = op_last & ky_last & run_end
-        stall = at_first & guard_on
-        issue = running & ~stall
+        # A beat issues when running and not held by the guard: running & ~(at_first &
+        # guard_on). That enables nearly every register here, so it is a flip-flop itself,
+        # loaded with the same function of the three flags' next values (below).
+        issue = Signal()
+        group_end = issue & last
+        guard_value = Mux(pg_last, d.guard_last, d.guard_full)
+        running_next, at_first_next, guard_on_next = Signal(), Signal(), Signal()
+        with m.If(self.start):
+            m.d.comb += [running_next.eq(1), at_first_next.eq(1), guard_on_next.eq(0)]
+        with m.Else():
+            m.d.comb += [running_next.eq(running & ~(group_end & cg_last & pg_last)),
+                         at_first_next.eq(Mux(issue, last, at_first)),
+                         guard_on_next.eq(Mux(group_end, guard_value != 0, guard_on & (guard != 1)))]
+        m.d.sync += [running.eq(running_next), at_first.eq(at_first_next), guard_on.eq(guard_on_next),
+                     issue.eq(running_next & ~(at_first_next & guard_on_next))]
         # Every output is registered (stage A -> A'): the address adders and pad compares
         # get a cycle of their own before the memories.
         finished = Signal(init=1)
@@ -167,21 +180,20 @@ class WindowGenerator(wiring.Component):
             ]
 
         with m.If(guard_on):
-            m.d.sync += [guard.eq(guard - 1), guard_on.eq(guard != 1)]
+            m.d.sync += guard.eq(guard - 1)
         with m.If(self.start):
-            m.d.sync += [running.eq(1), op.eq(0), ky.eq(0), kx.eq(0), j.eq(0), cg.eq(0), pg.eq(0),
-                         row_off.eq(0), tap_off.eq(0), guard.eq(0), guard_on.eq(0)]
+            m.d.sync += [op.eq(0), ky.eq(0), kx.eq(0), j.eq(0), cg.eq(0), pg.eq(0),
+                         row_off.eq(0), tap_off.eq(0), guard.eq(0)]
             m.d.sync += [wgroup.eq(self.init.weight_base), wbeat.eq(self.init.weight_base), op_start.eq(1),
                          op_addr.eq(self.init.op_base)]
             m.d.sync += [op_last.eq(self.init.opl == 0), ky_last.eq(self.init.khl == 0),
                          kx_last.eq(self.init.kwl == 0), j_last.eq(self.init.cwl == 0),
-                         cg_last.eq(self.init.cgl == 0), pg_last.eq(self.init.pgl == 0),
-                         at_first.eq(1)]
+                         cg_last.eq(self.init.cgl == 0), pg_last.eq(self.init.pgl == 0)]
             for c in range(cols):
                 m.d.sync += [yi0[c].eq(self.init.yi0[c]), xi0[c].eq(self.init.xi0[c]),
                              base[c].eq(self.init.base[c])]
         with m.Elif(issue):
-            m.d.sync += [wbeat.eq(wbeat + 1), op_start.eq(0), at_first.eq(0)]
+            m.d.sync += [wbeat.eq(wbeat + 1), op_start.eq(0)]
             with m.If(~run_end):
                 m.d.sync += tap_off.eq(tap_off + 1)
                 with m.If(j_last):
@@ -201,9 +213,8 @@ class WindowGenerator(wiring.Component):
                     m.d.sync += [op.eq(op + 1), op_last.eq(op + 1 == d.opl), op_addr.eq(op_addr + 1)]
                 with m.Else():
                     # The group's last beat.
-                    guard_value = Mux(pg_last, d.guard_last, d.guard_full)
-                    m.d.sync += [op.eq(0), op_last.eq(d.opl == 0), at_first.eq(1), op_addr.eq(d.op_base),
-                                 guard.eq(guard_value), guard_on.eq(guard_value != 0)]
+                    m.d.sync += [op.eq(0), op_last.eq(d.opl == 0), op_addr.eq(d.op_base),
+                                 guard.eq(guard_value)]
                     with m.If(~cg_last):
                         m.d.sync += [cg.eq(cg + 1), cg_last.eq(cg + 1 == d.cgl),
                                      wgroup.eq(wgroup + d.weight_group_step),
@@ -219,6 +230,4 @@ class WindowGenerator(wiring.Component):
                                 yi0[c].eq(Mux(wrap, yi0[c] + d.adv_dy1, yi0[c] + d.adv_dy)),
                                 base[c].eq(Mux(wrap, base[c] + d.adv_base_wrap, base[c] + d.adv_base)),
                             ]
-                        with m.If(pg_last):
-                            m.d.sync += running.eq(0)
         return m
