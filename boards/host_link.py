@@ -96,6 +96,11 @@ class HostLink(wiring.Component):
         word = Signal(RESULT_DATA_WIDTH)  # the result word being sent, shifted a byte at a time
         byte_index = Signal(range(max(lb, CYCLE_BYTES) + 1))
         logits_left = Signal(range(n + 1))
+        # The pixel on its way to the accelerator: a one-byte register, so that the
+        # accelerator's ready reaches only this register's "full" flag, not the request
+        # counters (a byte comes only every 10 UART bits: the wait costs no throughput).
+        pixel = Signal(8)
+        pixel_full = Signal()
 
         # One flip-flop per state (one-hot): each state's next value is a small OR of its
         # entries and its stay, not a decode of a state number.
@@ -109,9 +114,9 @@ class HostLink(wiring.Component):
             self.start.eq(at["start"]),
             self.tx.valid.eq(Cat(at[name] for name in send_states).any()),
             self.rx.ready.eq(at["magic"] | at["length_low"] | at["length_high"] | at["drain"]
-                             | (at["pixels"] & self.pixels.ready)),
-            self.pixels.valid.eq(at["pixels"] & self.rx.valid),
-            self.pixels.payload.eq(self.rx.payload),
+                             | (at["pixels"] & ~pixel_full)),
+            self.pixels.valid.eq(pixel_full),
+            self.pixels.payload.eq(pixel),
             self.result.ready.eq((at["fetch_class"] | (at["fetch_logit"] & (logits_left != 0))) & ~bad),
         ]
         payload = 0
@@ -129,7 +134,7 @@ class HostLink(wiring.Component):
         state.go("check", "reply_magic", ~length_ok & length_zero)
         state.go("check", "drain", ~length_ok & ~length_zero)
         state.go("start", "pixels", 1)
-        state.go("pixels", "reply_magic", rx_byte & self.pixels.ready & remaining_one)
+        state.go("pixels", "reply_magic", rx_byte & ~pixel_full & remaining_one)
         state.go("drain", "reply_magic", rx_byte & remaining_one)
         state.go("reply_magic", "reply_status", sent)
         state.go("reply_status", "fetch_class", sent)
@@ -153,8 +158,12 @@ class HostLink(wiring.Component):
                          length_zero.eq(whole == 0)]
         with m.If(at["check"]):
             m.d.sync += [bad.eq(~length_ok), status.eq(Mux(length_ok, STATUS_OK, STATUS_BAD_LENGTH))]
-        with m.If((at["pixels"] & self.pixels.ready | at["drain"]) & rx_byte):
+        with m.If((at["pixels"] & ~pixel_full | at["drain"]) & rx_byte):
             m.d.sync += [remaining.eq(remaining - 1), remaining_one.eq(remaining == 2)]
+        with m.If(pixel_full & self.pixels.ready):
+            m.d.sync += pixel_full.eq(0)
+        with m.If(at["pixels"] & ~pixel_full & rx_byte):
+            m.d.sync += [pixel.eq(self.rx.payload), pixel_full.eq(1)]
         with m.If(at["reply_logit_bytes"]):
             m.d.sync += logits_left.eq(n)
         with m.If(at["fetch_class"]):
