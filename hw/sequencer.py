@@ -135,9 +135,12 @@ class LayerSequencer(wiring.Component):
         m.submodules.array = array = XnorPopcountArray(rows, cols, s, plan.pe_width, plan.gain_format,
                                                        relay=plan.relay)
         m.submodules.output = output = OutputStage(plan, layout, self._act_aw)
-        m.submodules.pool = pool = BitMaxPool(layout, s, self._act_aw)
-        m.d.comb += [window.desc.eq(desc), window.init.eq(next_desc), output.desc.eq(desc),
-                     pool.desc.eq(desc)]
+        m.d.comb += [window.desc.eq(desc), window.init.eq(next_desc), output.desc.eq(desc)]
+        # The pool engine only where the network has a max-pool layer.
+        pool = None
+        if any(p.kind == "pool" for p in plan.layers):
+            m.submodules.pool = pool = BitMaxPool(layout, s, self._act_aw)
+            m.d.comb += pool.desc.eq(desc)
 
         m.submodules.logits = logits = memory.Memory(shape=unsigned(OUT_DATA_WIDTH), depth=plan.logits_depth,
                                                      init=[])
@@ -158,10 +161,10 @@ class LayerSequencer(wiring.Component):
             with m.State("LOAD"):
                 m.d.comb += [load.eq(1), self.busy.eq(1)]
                 m.d.sync += desc.eq(next_desc)
-                with m.If(next_desc.pool):
-                    m.next = "POOL"
-                with m.Else():
-                    m.next = "RUN"
+                m.next = "RUN"
+                if pool is not None:
+                    with m.If(next_desc.pool):
+                        m.next = "POOL"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(output.drained):
@@ -170,11 +173,12 @@ class LayerSequencer(wiring.Component):
                     with m.Else():
                         m.d.sync += layer.eq(layer + 1)
                         m.next = "LOAD"
-            with m.State("POOL"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(pool.drained):
-                    m.d.sync += layer.eq(layer + 1)
-                    m.next = "LOAD"
+            if pool is not None:
+                with m.State("POOL"):
+                    m.d.comb += self.busy.eq(1)
+                    with m.If(pool.drained):
+                        m.d.sync += layer.eq(layer + 1)
+                        m.next = "LOAD"
             with m.State("FINISH"):
                 m.d.comb += [self.busy.eq(1), self.done.eq(1)]
                 m.next = "IDLE"
@@ -183,16 +187,17 @@ class LayerSequencer(wiring.Component):
         m.d.comb += [dbg.layer.eq(layer), dbg.layer_start.eq(load),
                      dbg.logit_we.eq(output.logit_we), dbg.logit_addr.eq(output.logit_addr),
                      dbg.logit_data.eq(output.logit_data)]
-        with m.If(desc.pool):
-            m.d.comb += [dbg.act_we.eq(self.busy & pool.wr_we), dbg.act_addr.eq(pool.wr_addr),
-                         dbg.act_data.eq(pool.wr_data), dbg.act_en.eq((1 << s) - 1)]
-        with m.Else():
-            m.d.comb += [dbg.act_we.eq(self.busy & output.act_we), dbg.act_addr.eq(output.act_addr),
-                         dbg.act_data.eq(output.act_data), dbg.act_en.eq(output.act_en)]
+        m.d.comb += [dbg.act_we.eq(self.busy & output.act_we), dbg.act_addr.eq(output.act_addr),
+                     dbg.act_data.eq(output.act_data), dbg.act_en.eq(output.act_en)]
+        if pool is not None:
+            with m.If(desc.pool):
+                m.d.comb += [dbg.act_we.eq(self.busy & pool.wr_we), dbg.act_addr.eq(pool.wr_addr),
+                             dbg.act_data.eq(pool.wr_data), dbg.act_en.eq((1 << s) - 1)]
 
         is_pool = Signal()
-        m.d.comb += [is_pool.eq(next_desc.pool), window.start.eq(load & ~is_pool),
-                     pool.start.eq(load & is_pool)]
+        m.d.comb += window.start.eq(load & ~is_pool)
+        if pool is not None:
+            m.d.comb += [is_pool.eq(next_desc.pool), pool.start.eq(load & is_pool)]
         output_start = Signal()
         m.d.sync += output_start.eq(load & ~is_pool)
         m.d.comb += output.layer_start.eq(output_start)
@@ -215,7 +220,7 @@ class LayerSequencer(wiring.Component):
                 rd = mem.read_port()
                 wr = mem.write_port(granularity=1)
                 addr = window.addr[c * aw:(c + 1) * aw]
-                if c == 0:
+                if c == 0 and pool is not None:
                     addr = Signal(aw, name=f"buffer{b}_read_addr")
                     with m.If(desc.pool):
                         m.d.comb += addr.eq(pool.rd_addr)
@@ -250,9 +255,10 @@ class LayerSequencer(wiring.Component):
                      array.first.eq(first_r & beat_r), array.last.eq(last_r & beat_r),
                      array.gain.eq(gain_r),
                      output.results.eq(array.results), output.group_done.eq(array.done)]
-        m.d.comb += pool.rd_data.eq(read_data[0][0])
-        with m.If(desc.src == 1):
-            m.d.comb += pool.rd_data.eq(read_data[1][0])
+        if pool is not None:
+            m.d.comb += pool.rd_data.eq(read_data[0][0])
+            with m.If(desc.src == 1):
+                m.d.comb += pool.rd_data.eq(read_data[1][0])
 
         # ---- Writes: the image loader (idle), the output stage, the pool engine ------------
         loaded = 2 if image else 0  # the memory the image loader writes
@@ -266,10 +272,10 @@ class LayerSequencer(wiring.Component):
                 if b == 2:
                     continue
                 with m.If(self.busy & (desc.dst == b)):
-                    with m.If(desc.pool):
-                        m.d.comb += [wr.addr.eq(pool.wr_addr), wr.data.eq(pool.wr_data),
-                                     wr.en.eq(pool.wr_we.replicate(s))]
-                    with m.Else():
-                        m.d.comb += [wr.addr.eq(output.act_addr), wr.data.eq(output.act_data),
-                                     wr.en.eq(output.act_en & output.act_we.replicate(s))]
+                    m.d.comb += [wr.addr.eq(output.act_addr), wr.data.eq(output.act_data),
+                                 wr.en.eq(output.act_en & output.act_we.replicate(s))]
+                    if pool is not None:
+                        with m.If(desc.pool):
+                            m.d.comb += [wr.addr.eq(pool.wr_addr), wr.data.eq(pool.wr_data),
+                                         wr.en.eq(pool.wr_we.replicate(s))]
         return m
