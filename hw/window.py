@@ -101,7 +101,9 @@ class WindowGenerator(wiring.Component):
         m.submodules.op_table = op_table = memory.Memory(
             shape=ow + ww + gw, depth=len(ops),
             init=[off | (woff << ow) | (code << (ow + ww)) for off, woff, code in ops])
-        op_rd = op_table.read_port(domain="comb")
+        # Read synchronously at the op's next address: the table's outputs are registers,
+        # holding the entry of ``op_addr`` (no table decode before the address adders).
+        op_rd = op_table.read_port()
 
         aw = self._addr_width + 3  # signed working width for window addresses
         # Loop counters, each as wide as its descriptor limit (the "...l" field: last value).
@@ -116,10 +118,12 @@ class WindowGenerator(wiring.Component):
         # no adder before the op table, one after it.
         wbeat = Signal(len(self.weight_addr) + 1)
         op_addr = Signal(len(op_rd.addr))
+        op_addr_next = Signal.like(op_addr)
         op_start = Signal(init=1)  # the beat is its op's first
         guard = Signal(16)
         running = Signal()
-        m.d.comb += op_rd.addr.eq(op_addr)
+        m.d.comb += op_rd.addr.eq(op_addr_next)
+        m.d.sync += op_addr.eq(op_addr_next)
 
         yi0 = [Signal(signed(aw), name=f"yi0_{c}") for c in range(cols)]
         xi0 = [Signal(signed(aw), name=f"xi0_{c}") for c in range(cols)]
@@ -154,6 +158,12 @@ class WindowGenerator(wiring.Component):
                          guard_on_next.eq(Mux(group_end, guard_value != 0, guard_on & (guard != 1)))]
         m.d.sync += [running.eq(running_next), at_first.eq(at_first_next), guard_on.eq(guard_on_next),
                      issue.eq(running_next & ~(at_first_next & guard_on_next))]
+        # The op table's address steps with op: op_base + op.
+        m.d.comb += op_addr_next.eq(op_addr)
+        with m.If(self.start):
+            m.d.comb += op_addr_next.eq(self.init.op_base)
+        with m.Elif(issue & run_end & ky_last):
+            m.d.comb += op_addr_next.eq(Mux(op_last, d.op_base, op_addr + 1))
         # Every output is registered (stage A -> A'): the address adders and pad compares
         # get a cycle of their own before the memories.
         finished = Signal(init=1)
@@ -184,8 +194,7 @@ class WindowGenerator(wiring.Component):
         with m.If(self.start):
             m.d.sync += [op.eq(0), ky.eq(0), kx.eq(0), j.eq(0), cg.eq(0), pg.eq(0),
                          row_off.eq(0), tap_off.eq(0), guard.eq(0)]
-            m.d.sync += [wgroup.eq(self.init.weight_base), wbeat.eq(self.init.weight_base), op_start.eq(1),
-                         op_addr.eq(self.init.op_base)]
+            m.d.sync += [wgroup.eq(self.init.weight_base), wbeat.eq(self.init.weight_base), op_start.eq(1)]
             m.d.sync += [op_last.eq(self.init.opl == 0), ky_last.eq(self.init.khl == 0),
                          kx_last.eq(self.init.kwl == 0), j_last.eq(self.init.cwl == 0),
                          cg_last.eq(self.init.cgl == 0), pg_last.eq(self.init.pgl == 0)]
@@ -210,11 +219,10 @@ class WindowGenerator(wiring.Component):
                 m.d.sync += [j_last.eq(d.cwl == 0), kx_last.eq(d.kwl == 0), ky_last.eq(d.khl == 0)]
                 m.d.sync += [wbeat.eq(wgroup), op_start.eq(1)]
                 with m.If(~op_last):
-                    m.d.sync += [op.eq(op + 1), op_last.eq(op + 1 == d.opl), op_addr.eq(op_addr + 1)]
+                    m.d.sync += [op.eq(op + 1), op_last.eq(op + 1 == d.opl)]
                 with m.Else():
                     # The group's last beat.
-                    m.d.sync += [op.eq(0), op_last.eq(d.opl == 0), op_addr.eq(d.op_base),
-                                 guard.eq(guard_value)]
+                    m.d.sync += [op.eq(0), op_last.eq(d.opl == 0), guard.eq(guard_value)]
                     with m.If(~cg_last):
                         m.d.sync += [cg.eq(cg + 1), cg_last.eq(cg + 1 == d.cgl),
                                      wgroup.eq(wgroup + d.weight_group_step),
