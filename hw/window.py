@@ -98,9 +98,12 @@ class WindowGenerator(wiring.Component):
         gw = len(self.gain)
         ow = max(1, max(off for off, _, _ in ops).bit_length())
         ww = max(1, max(woff for _, woff, _ in ops).bit_length())
+        # In a block RAM where the device has them (read synchronously, below): a table in
+        # logic cells puts its decode on the window address path.
         m.submodules.op_table = op_table = memory.Memory(
             shape=ow + ww + gw, depth=len(ops),
-            init=[off | (woff << ow) | (code << (ow + ww)) for off, woff, code in ops])
+            init=[off | (woff << ow) | (code << (ow + ww)) for off, woff, code in ops],
+            attrs={"ram_style": "block"})
         # Read synchronously at the op's next address: the table's outputs are registers,
         # holding the entry of ``op_addr`` (no table decode before the address adders).
         op_rd = op_table.read_port()
