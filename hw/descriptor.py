@@ -95,7 +95,10 @@ class DescriptorFormat:
             "tap_row_step": w_ * cw,
             "in_h": p.in_h, "in_w": p.in_w,
             "yi0": yi0, "xi0": xi0, "base": base,
-            "adv_dx": dx * s_, "adv_wrap_x": p.out_w * s_ - p.padding, "adv_wout": p.out_w * s_,
+            # column x advance: wrap to the next row when xi0 >= adv_wrap_at (i.e. xi0 + adv_dx
+            # reaches out_w * stride - padding), then add adv_dx_wrap instead of adv_dx
+            "adv_dx": dx * s_, "adv_wrap_at": p.out_w * s_ - p.padding - dx * s_,
+            "adv_dx_wrap": dx * s_ - p.out_w * s_,
             "adv_dy": dy * s_, "adv_dy1": (dy + 1) * s_,
             "adv_base": (dy * s_ * w_ + dx * s_) * cw,
             "adv_base_wrap": ((dy + 1) * s_ * w_ + (dx - p.out_w) * s_) * cw,
@@ -120,8 +123,8 @@ class DescriptorFormat:
     def _blank(self) -> dict:
         cols = self.plan.cols
         keys = ["affine", "opl", "op_base", "khl", "kwl", "cwl", "cgl", "pgl", "weight_base",
-                "weight_group_step", "tap_row_step", "in_h", "in_w", "adv_dx", "adv_wrap_x",
-                "adv_wout", "adv_dy", "adv_dy1", "adv_base", "adv_base_wrap", "pad_full", "pad_last",
+                "weight_group_step", "tap_row_step", "in_h", "in_w", "adv_dx", "adv_wrap_at",
+                "adv_dx_wrap", "adv_dy", "adv_dy1", "adv_base", "adv_base_wrap", "pad_full", "pad_last",
                 "guard_full", "guard_last", "last_colsl", "planesl", "drain_wordsl", "out_dense",
                 "out_pos_stride", "out_plane_bits", "out_pg_bits", "out_c", "const_base",
                 "const_group_step", "hw_out",

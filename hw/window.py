@@ -235,9 +235,10 @@ class WindowGenerator(wiring.Component):
                                      pg_last.eq(pg + 1 == d.pgl), wgroup.eq(d.weight_base),
                                      wbeat.eq(d.weight_base)]
                         for c in range(cols):
-                            wrap = xi0[c] + d.adv_dx >= d.adv_wrap_x
+                            # (pre-subtracted descriptor fields: one compare and one adder per value)
+                            wrap = xi0[c] >= d.adv_wrap_at
                             m.d.sync += [
-                                xi0[c].eq(Mux(wrap, xi0[c] + d.adv_dx - d.adv_wout, xi0[c] + d.adv_dx)),
+                                xi0[c].eq(Mux(wrap, xi0[c] + d.adv_dx_wrap, xi0[c] + d.adv_dx)),
                                 yi0[c].eq(Mux(wrap, yi0[c] + d.adv_dy1, yi0[c] + d.adv_dy)),
                                 base[c].eq(Mux(wrap, base[c] + d.adv_base_wrap, base[c] + d.adv_base)),
                             ]
