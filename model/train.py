@@ -156,6 +156,13 @@ class RunConfig:
         After the last binary epoch, recompute every batch norm's running
         statistics over this many training batches (at most one epoch's worth;
         0: keep the momentum averages). See :mod:`binforge.model.bn_recalibration`.
+    distill, distill_weight, distill_temperature:
+        Knowledge distillation in the binary phase: a float teacher (a float run
+        folder, any architecture with the same data shape, or a float state dict or
+        ``float_model.pt`` of this run's architecture); the loss becomes
+        ``(1 - w) * CE + w * T^2 * KL(teacher_T || student_T)`` with the logits of
+        both divided by ``T`` (Hinton et al.; ``w = 1, T = 1`` is the distributional
+        loss of ReActNet). None: cross entropy only.
     """
 
     data: str = "digits"
@@ -186,6 +193,9 @@ class RunConfig:
     method_options: dict[str, Any] = field(default_factory=dict)
     image_size: int | None = None
     recalibrate_bn: int = 100
+    distill: str | None = None
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -749,10 +759,11 @@ def _run_epoch(model, optimizer, schedule, method, context, images, labels, conf
 
 
 def _train_epoch(model, net, optimizer, schedule, method, context, split, config, phase,
-                 epoch, progress, runtime) -> tuple[float, float]:  # fmt: skip
+                 epoch, progress, runtime, teacher=None) -> tuple[float, float]:  # fmt: skip
     """One pass over the training split; returns (mean loss, train top-1 %) over all ranks.
 
-    ``net`` is what the forward pass goes through (``model`` or its DDP wrapper).
+    ``net`` is what the forward pass goes through (``model`` or its DDP wrapper);
+    ``teacher`` (a float model in eval mode, or None) adds the distillation loss.
     Each global batch of ``config.batch_size`` images is split across the ranks,
     rank ``r`` taking positions ``r, r + world_size, ...`` of it.
     """
@@ -771,11 +782,19 @@ def _train_epoch(model, net, optimizer, schedule, method, context, split, config
             batch = split.pixels(index[rank::world] if world > 1 else index)
         target = split.labels[index[rank::world] if world > 1 else index].to(runtime.device)
         with runtime.autocast():
-            logits = net(runtime.to_input(batch))
+            x = runtime.to_input(batch)
+            logits = net(x)
             if world > 1:  # DDP averages over ranks: sum / global count gives the global mean
-                loss = F.cross_entropy(logits.float(), target, reduction="sum") * (world / len(index))
+                scale = world / len(index)
+                loss = F.cross_entropy(logits.float(), target, reduction="sum") * scale
             else:
+                scale = 1.0 / len(target)
                 loss = F.cross_entropy(logits, target)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x).float()
+                loss = distillation_loss(logits.float(), teacher_logits, loss, scale,
+                                         config.distill_weight, config.distill_temperature)  # fmt: skip
         if method is not None:
             extra = method.extra_loss(context)
             if extra is not None:
@@ -795,6 +814,49 @@ def _train_epoch(model, net, optimizer, schedule, method, context, split, config
         progress.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
     total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], runtime.dist)
     return total_loss / max(1, seen), 100.0 * correct / max(1, seen)
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, cross_entropy: torch.Tensor,
+                      scale: float, weight: float, temperature: float) -> torch.Tensor:  # fmt: skip
+    """``(1 - weight) * cross_entropy + weight * T^2 * KL(softmax(t / T) || softmax(s / T))``.
+
+    The KL term is summed over the batch and multiplied by ``scale`` (1 / batch, or
+    the global-batch factor under DDP), the same reduction as ``cross_entropy``.
+    """
+    t = float(temperature)
+    kl = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                  reduction="sum", log_target=True) * scale * (t * t)  # fmt: skip
+    return (1.0 - weight) * cross_entropy + weight * kl
+
+
+def _load_teacher(config: RunConfig) -> nn.Module:
+    """The float teacher ``config.distill`` names, in eval mode, without gradients."""
+    source = Path(config.distill)
+    if source.is_dir() and not (source / FLOAT_MODEL_FILE).is_file():
+        saved = ckpt.read_config(source)
+        if saved.get("method") != "float":
+            raise BinforgeError(
+                f"--distill {source} is a {saved.get('method')} run without {FLOAT_MODEL_FILE}: "
+                "the teacher must be a float run folder or a float state dict"
+            )
+        teacher_config = RunConfig.from_json(saved)
+        if list(teacher_config.in_shape) != list(config.in_shape) or \
+                teacher_config.num_classes != config.num_classes:  # fmt: skip
+            raise BinforgeError(
+                f"--distill {source} was trained on {teacher_config.in_shape} inputs and "
+                f"{teacher_config.num_classes} classes, this run has {config.in_shape} and "
+                f"{config.num_classes}: give a teacher trained on the same data"
+            )
+        teacher = _build_float_model(teacher_config)
+        _load_into(teacher, ckpt.load_state_file(source / ckpt.MODEL_FILE, what="teacher model"),
+                   str(source), teacher_config.arch)  # fmt: skip
+    else:
+        teacher = _build_float_model(config)
+        _load_into(teacher, _float_state_from_init(str(source)), str(source), config.arch)
+    teacher.eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
 
 
 def _config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -876,6 +938,20 @@ def train(
     config.num_classes = int(dataset.num_classes)
     config.classes = [str(c) for c in dataset.classes]
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    teacher, distill_summary = None, None
+    if config.distill is not None:
+        if not method.binary:
+            raise BinforgeError(f"--distill trains a binary network from a float teacher; "
+                                f"--method {config.method} is not binary: drop --distill")  # fmt: skip
+        if not 0.0 <= config.distill_weight <= 1.0 or config.distill_temperature <= 0:
+            raise BinforgeError(
+                f"--distill-weight must lie in [0, 1] and --distill-temperature be positive, "
+                f"not {config.distill_weight} and {config.distill_temperature}"
+            )
+        teacher = runtime.place(_load_teacher(config))
+        distill_summary = {"teacher": config.distill, "weight": config.distill_weight,
+                           "temperature": config.distill_temperature,
+                           "teacher_top1": _evaluate(teacher, test_split, runtime)}  # fmt: skip
 
     phases: list[tuple[str, int]] = []
     if not method.binary:
@@ -963,7 +1039,7 @@ def train(
                       file=sys.stderr, disable=not show, leave=False) as bar:  # fmt: skip
                 loss, train_top1 = _train_epoch(model, net, optimizer, schedule, phase_method,
                                                 context, train_split, config, phase, epoch, bar,
-                                                runtime)  # fmt: skip
+                                                runtime, teacher if phase == "binary" else None)  # fmt: skip
             broadcast_buffers(model, runtime.dist)  # rank 0's statistics (--no-sync-bn)
             top1 = _evaluate(model, test_split, runtime)
             recalibration = None
@@ -1012,6 +1088,8 @@ def train(
     wall = wall + time.perf_counter() - t0
     model.cpu()
     metrics = _final_metrics(config, model, method, context, history, wall)
+    if distill_summary is not None:
+        metrics["distill"] = distill_summary
     if runtime.dist.distributed or runtime.device.type != "cpu":
         metrics["runtime"] = {"world_size": runtime.dist.world_size, "device": runtime.device.type,
                               "backend": runtime.dist.backend, "amp": amp,

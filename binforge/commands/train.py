@@ -85,6 +85,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="after the last binary epoch, recompute batch-norm running statistics "
                    "exactly over this many training batches (at most one epoch; 0: off) "
                    "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--distill", metavar="TEACHER",
+                   help="knowledge distillation in the binary phase from a float teacher: a float "
+                   "run folder or a float state dict of this --arch")  # fmt: skip
+    p.add_argument("--distill-weight", type=float, default=defaults.distill_weight, metavar="W",
+                   help="loss = (1 - W) * cross entropy + W * T^2 * KL(teacher || student) "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--distill-temperature", type=float, default=defaults.distill_temperature,
+                   metavar="T", help="softmax temperature of the distillation term "
+                   "(default: %(default)s)")  # fmt: skip
     p.add_argument("--image-size", type=int, default=None, metavar="PX",
                    help="height and width of folder=PATH images (default: 224)")
     from binforge.model.distributed import AMP_MODES, DEVICES
@@ -117,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         bop_threshold=args.bop_threshold, bop_gamma=args.bop_gamma, t_start=args.t_start,
         t_end=args.t_end, psi=args.psi, kappa=args.kappa,
         method_options=method_options_from_args(args), image_size=args.image_size,
-        recalibrate_bn=args.recalibrate_bn,
+        recalibrate_bn=args.recalibrate_bn, distill=args.distill,
+        distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
     )  # fmt: skip
     context = init_distributed(args.device)
     try:
