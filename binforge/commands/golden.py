@@ -2,7 +2,11 @@
 
 Reports the accuracy and, when the trained torch model is at hand (the run the
 network was compiled from, or ``--run``), its accuracy and how often the two
-predict the same class on the same images.
+predict the same class on the same images. ``--per-layer`` also compares every
+activation bit, layer by layer, twice: with the trained torch model (where do
+they part, and by how much) and with the torch model holding the compiler's
+integer first layer and classifier (which the golden model must match except for
+float ties; anything else is a compiler or golden-model error).
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--run", dest="run_dir", metavar="RUN",
                         help="the trained run to compare with (default: the run recorded in NET/)")
     parser.add_argument("--no-torch", action="store_true", help="do not compare with the torch model")
+    parser.add_argument("--per-layer", action="store_true",
+                        help="compare every activation bit with the torch model, layer by layer: the trained "
+                        "model, and the model holding the compiler's integers (shows where they part and why)")
     parser.add_argument("--out", metavar="DIR", help="write DIR/report.json")
     parser.set_defaults(run=run)
     return parser
@@ -70,6 +77,67 @@ def _torch_model(args: argparse.Namespace, net) -> tuple[object | None, str | No
         return None, None, f"the source run {source} is not there any more; give --run RUN"
     model, _ = load_run(source)
     return model, source, ""
+
+
+def _per_layer(args: argparse.Namespace, net, model, run_dir: str, images: np.ndarray, labels: np.ndarray,
+               predictions: np.ndarray, figures: dict) -> None:
+    """Torch against golden bit by bit: the trained model, then the model with the compiler's integers."""
+    from binforge.compiler.torch_reference import (
+        compare_with_torch,
+        quantised_model,
+        reference_report,
+    )
+
+    report = reference_report(model, net)
+    comparisons = {}
+    for key, what, torch_model in (("trained", "torch", model),
+                                   ("compiler_integers", "torch+int", quantised_model(model, report))):
+        with _progress(len(images), what) as bar:
+            comparisons[key] = compare_with_torch(torch_model, net, report, images, progress=bar.update)
+        if not np.array_equal(comparisons[key].golden_predictions, predictions):  # pragma: no cover
+            raise BinforgeError("the golden model gave other predictions on a second run; please report this")
+    trained, exact = comparisons["trained"], comparisons["compiler_integers"]
+    mismatches = np.flatnonzero(trained.torch_predictions != predictions)
+    figures.update(
+        run=run_dir,
+        torch_accuracy=float(np.mean(trained.torch_predictions == labels)) if len(labels) else 0.0,
+        agreement=trained.agreement, mismatches=int(len(mismatches)),
+        mismatch_indices=mismatches[:MAX_LISTED_MISMATCHES].tolist(),
+        max_logit_difference=trained.max_logit_difference)
+    figures["accuracy_delta_pp"] = round(100 * (figures["accuracy"] - figures["torch_accuracy"]), 4)
+    unexplained = exact.first_unexplained
+    first = trained.first_difference
+    settings = net.meta.get("compiler", {})
+    bits_flags = f"--first-bits {settings.get('first_weight_bits', '?')}, --last-bits {settings.get('last_weight_bits', '?')}"
+    if unexplained is not None:
+        verdict = (f"compiler or golden-model error: in {unexplained.unexplained_images} images the golden bits "
+                   f"of {unexplained.producer} are not those of the torch model holding the compiler's integers")
+    elif first is None and trained.agreement == 1:
+        verdict = "the golden model computes the trained torch model bit for bit on these images"
+    else:
+        origins = ", ".join(f"{e.producer} in {e.origin_images}" for e in trained.layers if e.origin_images)
+        verdict = (f"the integer first layer and classifier ({bits_flags}) explain every difference "
+                   f"(the golden model is the torch model with those integers, up to float ties); "
+                   f"first differing bits: {origins or 'none'}; {trained.classifier_mismatches} predictions "
+                   "differ with every bit equal (classifier)")
+    figures["per_layer"] = {"trained": trained.to_json(), "compiler_integers": exact.to_json(),
+                            "verdict": verdict}
+    print(f"torch      {figures['torch_accuracy']:.2%} (float model of {run_dir})")
+    print(f"agreement  {trained.agreement:.2%} ({len(mismatches)} of {len(images)} predictions differ)")
+    print(f"per layer  activation bits that differ from torch's (tie: |x - t| <= {trained.tie_tolerance:g})")
+    print(f"  {'bits of':<10} {'read by':<10} {'trained model':>22} {'first in images':>16} "
+          f"{'with compiler integers':>24}")
+    for mine, theirs in zip(trained.layers, exact.layers, strict=True):
+        print(f"  {mine.producer:<10} {mine.reader:<10} {_bits_cell(mine):>22} {mine.origin_images:>16} "
+              f"{_bits_cell(theirs):>24}")
+    print(f"  {'logits':<10} {'argmax':<10} {1 - trained.agreement:>22.4%} {trained.classifier_mismatches:>16} "
+          f"{1 - exact.agreement:>24.4%}")
+    print(f"verdict    {verdict}")
+
+
+def _bits_cell(entry) -> str:
+    cell = f"{entry.fraction:.4%}"
+    return f"{cell} ({entry.ties} tie{'s' if entry.ties > 1 else ''})" if entry.ties else cell
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,7 +177,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"golden     {args.net_dir} on {args.data} {args.split}: {len(images)} images")
     print(f"accuracy   {accuracy:.2%} (golden, integer)")
 
-    if model is not None:
+    if args.per_layer and model is None:
+        raise BinforgeError(f"--per-layer needs the torch model: {why_not}")
+    if model is not None and args.per_layer:
+        _per_layer(args, net, model, run_dir, images, labels, predictions, figures)
+    elif model is not None:
         from binforge.compiler.torch_reference import torch_logits
 
         with _progress(len(images), "torch") as bar:
