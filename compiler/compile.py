@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_LAST_WEIGHT_BITS",
     "DEFAULT_GAIN_FRAC_BITS",
     "DEFAULT_BIAS_FRAC_BITS",
+    "MAX_WEIGHT_BITS",
     "UnsupportedModel",
     "CompileReport",
     "compile_model",
@@ -73,6 +74,9 @@ DEFAULT_LAST_WEIGHT_BITS = 8
 DEFAULT_GAIN_FRAC_BITS = 8
 #: Fraction bits of the classifier's bias, in units of its weight step.
 DEFAULT_BIAS_FRAC_BITS = 4
+#: The most bits odd integer weights may have: 24 holds a float32 weight's whole significand,
+#: enough for the golden model to compute the float first layer as torch does (docs/verification.md).
+MAX_WEIGHT_BITS = 24
 
 #: Modules that are the identity in eval mode and carry no numbers.
 _PASS_THROUGH = (nn.Identity, nn.Dropout)
@@ -145,8 +149,8 @@ def quantise_odd(weight: np.ndarray, bits: int, *, per_channel: bool = True) -> 
 
     Returns ``(q int64 same shape, delta float64 (Co,))``.
     """
-    if not 1 <= bits <= 16:
-        raise ValueError(f"weight bits must be in 1..16, not {bits!r}")
+    if not 1 <= bits <= MAX_WEIGHT_BITS:
+        raise ValueError(f"weight bits must be in 1..{MAX_WEIGHT_BITS}, not {bits!r}")
     w = np.asarray(weight, dtype=np.float64)
     co = w.shape[0]
     rows = w.reshape(co, -1) if per_channel else w.reshape(1, -1)
