@@ -43,7 +43,8 @@ from .pe import GainFormat, popcount_depth
 __all__ = ["GAIN_MODES", "DEFAULT_GAIN_MODE", "signed_digits", "expand_gains", "horner_steps",
            "ComputePlan", "PoolPlan", "NetworkPlan", "TensorLayout", "plan_network", "tensor_layouts",
            "analytic_cycles",
-           "OUT_DATA_WIDTH", "DEFAULT_RELAY"]
+           "OUT_DATA_WIDTH", "DEFAULT_RELAY", "LAYER_LOAD_CYCLES", "READ_REGISTER_CYCLES",
+           "DRAIN_TAIL_CYCLES", "ARGMAX_TAIL_CYCLES", "POOL_TAIL_CYCLES"]
 
 #: Width of the result stream's data: the class index and every logit fit in it.
 OUT_DATA_WIDTH = 32
@@ -56,6 +57,10 @@ DEFAULT_GAIN_MODE = "shift"
 # Fixed pipeline costs of the sequencer, in cycles (see docs/hardware.md).
 #: Loading one layer's descriptor.
 LAYER_LOAD_CYCLES = 1
+#: The activation memories' read data is registered before the source/pad select in front
+#: of the array (so a block RAM's clock-to-output ends in a flip-flop, not in logic); the
+#: weight ROM is read a cycle later to match. Every beat reaches the array this much later.
+READ_REGISTER_CYCLES = 1
 #: From the last group's done to the next layer: drain start (1), then after the last read:
 #: result/constant read, compare halves, compare/logit, lane placement, write (4).
 DRAIN_TAIL_CYCLES = 5
@@ -560,8 +565,9 @@ def _compute_cycles(p: ComputePlan, plan: NetworkPlan) -> int:
         guard = p.guard_last if in_last_pg else p.guard_full
         t = last_beat + 1 + guard
     drain = p.drain_last
-    # done of the last group: last beat + 1 (window register) + 1 (memory read) + array latency
-    done = last_beat + 2 + plan.array_latency
+    # done of the last group: last beat + 1 (window register) + 1 (memory read) + the read
+    # data register + array latency
+    done = last_beat + 2 + READ_REGISTER_CYCLES + plan.array_latency
     return done + drain + DRAIN_TAIL_CYCLES + (ARGMAX_TAIL_CYCLES if p.affine else 0)
 
 

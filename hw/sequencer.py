@@ -229,25 +229,42 @@ class LayerSequencer(wiring.Component):
                 m.d.comb += rd.addr.eq(addr)
                 read_data[b][c] = rd.data
                 write_ports[b][c] = wr
-        m.d.comb += weight_rd.addr.eq(window.weight_addr)
+        # The weight ROM is read one cycle after the activation memories (its address
+        # waits in a register): its data meets the activations after their read register.
+        weight_addr_r = Signal.like(window.weight_addr)
+        m.d.sync += weight_addr_r.eq(window.weight_addr)
+        m.d.comb += weight_rd.addr.eq(weight_addr_r)
 
-        src_r = Signal(2)
-        pad_r = Signal(cols)
-        pad_word_r = Signal(s)
-        first_r, last_r, beat_r = Signal(), Signal(), Signal()
-        gain_r = Signal(len(window.gain))
-        m.d.sync += [src_r.eq(desc.src), pad_r.eq(window.pad), pad_word_r.eq(window.pad_word),
-                     first_r.eq(window.first), last_r.eq(window.last), beat_r.eq(window.beat),
-                     gain_r.eq(window.gain)]
+        # ---- Stage B': the read data registered (a block RAM's clock-to-output then ends
+        # in a flip-flop), then the source/pad select -> the array (READ_REGISTER_CYCLES) --
+        def delayed(value, cycles, name):
+            for i in range(cycles):
+                reg = Signal.like(value, name=f"{name}_d{i}")
+                m.d.sync += reg.eq(value)
+                value = reg
+            return value
+
+        src_r = Signal(2)  # the descriptor is stable for the whole layer: one register
+        m.d.sync += src_r.eq(desc.src)
+        pad_r = delayed(window.pad, 2, "pad")
+        pad_word_r = delayed(window.pad_word, 2, "pad_word")
+        first_r, last_r, beat_r = (delayed(window.first, 2, "first"), delayed(window.last, 2, "last"),
+                                   delayed(window.beat, 2, "beat"))
+        gain_r = delayed(window.gain, 2, "gain")
         acts = []
         for c in range(cols):
+            held = []
+            for b in range(n_mems):
+                reg = Signal(s, name=f"read{b}_col{c}", reset_less=True)
+                m.d.sync += reg.eq(read_data[b][c])
+                held.append(reg)
             word = Signal(s, name=f"act{c}")
-            m.d.comb += word.eq(read_data[0][c])
+            m.d.comb += word.eq(held[0])
             with m.If(src_r == 1):
-                m.d.comb += word.eq(read_data[1][c])
+                m.d.comb += word.eq(held[1])
             if image:
                 with m.If(src_r == 2):
-                    m.d.comb += word.eq(read_data[2][c])
+                    m.d.comb += word.eq(held[2])
             with m.If(pad_r[c]):
                 m.d.comb += word.eq(pad_word_r)
             acts.append(word)
