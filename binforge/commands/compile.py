@@ -18,6 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         DEFAULT_FIRST_WEIGHT_BITS,
         DEFAULT_GAIN_FRAC_BITS,
         DEFAULT_LAST_WEIGHT_BITS,
+        MAX_WEIGHT_BITS,
     )
 
     parser = subparsers.add_parser(
@@ -30,9 +31,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("run_dir", metavar="RUN", help="a run folder written by 'binforge train'")
     parser.add_argument("--out", required=True, metavar="NET", help="output folder (replaced whole)")
     parser.add_argument("--first-bits", type=int, default=DEFAULT_FIRST_WEIGHT_BITS, metavar="B",
-                        help=f"bits of the first layer's integer weights (default {DEFAULT_FIRST_WEIGHT_BITS})")
+                        help=f"bits of the first layer's integer weights (default {DEFAULT_FIRST_WEIGHT_BITS}, "
+                        f"at most {MAX_WEIGHT_BITS}: then the golden model is the float layer to float32 precision)")
     parser.add_argument("--last-bits", type=int, default=DEFAULT_LAST_WEIGHT_BITS, metavar="B",
-                        help=f"bits of the classifier's integer weights (default {DEFAULT_LAST_WEIGHT_BITS})")
+                        help=f"bits of the classifier's integer weights (default {DEFAULT_LAST_WEIGHT_BITS}, "
+                        f"at most {MAX_WEIGHT_BITS})")
     parser.add_argument("--gain-bits", type=int, default=DEFAULT_GAIN_FRAC_BITS, metavar="F",
                         help="multi-op layers: the largest integer gain is at most 2**F "
                         f"(default {DEFAULT_GAIN_FRAC_BITS})")
@@ -51,7 +54,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _check_bits(args: argparse.Namespace) -> None:
-    for flag, value, low, high in (("--first-bits", args.first_bits, 1, 16), ("--last-bits", args.last_bits, 1, 16),
+    from binforge.compiler.compile import MAX_WEIGHT_BITS
+
+    top = MAX_WEIGHT_BITS
+    for flag, value, low, high in (("--first-bits", args.first_bits, 1, top), ("--last-bits", args.last_bits, 1, top),
                                    ("--gain-bits", args.gain_bits, 0, 24), ("--bias-bits", args.bias_bits, 0, 24)):
         if not low <= value <= high:
             raise BinforgeError(f"{flag} must be between {low} and {high}, not {value}")

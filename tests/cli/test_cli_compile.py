@@ -126,7 +126,7 @@ def test_float_run_is_refused(tmp_path, capsys):
 def test_bad_bit_counts(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     assert main(["compile", str(run), "--out", str(tmp_path / "net"), "--first-bits", "0"]) == 2
-    assert "--first-bits must be between 1 and 16, not 0" in capsys.readouterr().err
+    assert "--first-bits must be between 1 and 24, not 0" in capsys.readouterr().err
 
 
 @pytest.fixture

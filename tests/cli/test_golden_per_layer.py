@@ -57,7 +57,7 @@ def per_layer(net_dir, out, capsys):
 
 
 def test_enough_bits_every_bit_agrees(run_dir, tmp_path, capsys):
-    net_dir = compile_net(run_dir, tmp_path / "net", 16, 16)
+    net_dir = compile_net(run_dir, tmp_path / "net", 24, 24)
     printed, report = per_layer(net_dir, tmp_path / "golden", capsys)
     trained, exact = report["per_layer"]["trained"], report["per_layer"]["compiler_integers"]
     names = [(d["producer"], d["reader"]) for d in trained["layers"]]
@@ -115,6 +115,12 @@ def test_a_planted_threshold_error_is_located(run_dir, tmp_path, capsys):
     assert by_name["body.5"]["unexplained_images"] > 0 and by_name["body.5"]["differing"] > by_name["body.5"]["ties"]
     assert "compiler or golden-model error" in report["per_layer"]["verdict"]
     assert "body.5" in printed.splitlines()[-2]  # the verdict line names the layer
+
+
+def test_more_than_24_bits_are_refused(run_dir, tmp_path, capsys):
+    assert main(["compile", str(run_dir), "--out", str(tmp_path / "net"), "--first-bits", "25"]) == 2
+    assert "--first-bits must be between 1 and 24, not 25" in capsys.readouterr().err
+    assert not (tmp_path / "net").exists()
 
 
 def test_per_layer_needs_the_torch_model(run_dir, tmp_path, capsys):
