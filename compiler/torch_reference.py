@@ -197,6 +197,8 @@ class TorchComparison:
         int64 ``(images,)`` classes (first index of the largest logit).
     max_logit_difference:
         ``max |golden logit * scale - torch logit|``.
+    max_logit:
+        ``max |torch logit|`` (the size the difference compares with).
     classifier_mismatches:
         Images predicted differently although every activation bit agrees: the
         classifier's integer weights and bias decide them.
@@ -209,6 +211,7 @@ class TorchComparison:
     torch_predictions: np.ndarray
     golden_predictions: np.ndarray
     max_logit_difference: float
+    max_logit: float
     classifier_mismatches: int
     tie_tolerance: float
 
@@ -242,7 +245,7 @@ class TorchComparison:
             "first_unexplained_difference": unexplained.producer if unexplained else None,
             "agreement": self.agreement,
             "mismatches": int(np.sum(self.torch_predictions != self.golden_predictions)),
-            "max_logit_difference": self.max_logit_difference,
+            "max_logit_difference": self.max_logit_difference, "max_logit": self.max_logit,
             "classifier_mismatches": self.classifier_mismatches,
         }
 
@@ -299,7 +302,7 @@ def compare_with_torch(model: nn.Module, net: Network, report: CompileReport, im
     readers = sorted(report.input_bases)
     # per reader: bits, differing, images differing, ties, largest margin, origin images, unexplained images
     counts = {index: np.zeros(7, dtype=np.float64) for index in readers}
-    torch_parts, golden_parts, logit_gap, classifier_mismatches = [], [], 0.0, 0
+    torch_parts, golden_parts, logit_gap, logit_size, classifier_mismatches = [], [], 0.0, 0.0, 0
     scale = net.layers[-1].output.scale
     captured: dict[int, torch.Tensor] = {}
     handles = []
@@ -323,6 +326,7 @@ def compare_with_torch(model: nn.Module, net: Network, report: CompileReport, im
             torch_parts.append(torch_out.argmax(axis=1))
             golden_parts.append(golden.predictions)
             logit_gap = max(logit_gap, float(np.abs(golden.logits * scale - torch_out).max()))
+            logit_size = max(logit_size, float(np.abs(torch_out).max()))
             settled = np.zeros(n, dtype=bool)  # images with a difference in an earlier layer
             for index in readers:
                 thresholds = np.asarray(report.input_bases[index][2], dtype=np.float64).reshape(1, -1, 1)
@@ -361,5 +365,5 @@ def compare_with_torch(model: nn.Module, net: Network, report: CompileReport, im
         images=int(len(images)), layers=tuple(layers),
         torch_predictions=np.concatenate(torch_parts).astype(np.int64) if torch_parts else empty,
         golden_predictions=np.concatenate(golden_parts).astype(np.int64) if golden_parts else empty,
-        max_logit_difference=logit_gap, classifier_mismatches=classifier_mismatches,
+        max_logit_difference=logit_gap, max_logit=logit_size, classifier_mismatches=classifier_mismatches,
         tie_tolerance=float(tie_tolerance))

@@ -28,6 +28,9 @@ __all__ = ["add_parser", "run"]
 CHUNK = 256
 #: Mismatching image indices kept in report.json.
 MAX_LISTED_MISMATCHES = 100
+#: Logits of the torch model holding the compiler's integers may differ from golden's by float
+#: rounding only: this fraction of the largest logit (float32 sums over a few thousand inputs).
+LOGIT_TOLERANCE = 1e-4
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -108,18 +111,24 @@ def _per_layer(args: argparse.Namespace, net, model, run_dir: str, images: np.nd
     unexplained = exact.first_unexplained
     first = trained.first_difference
     settings = net.meta.get("compiler", {})
-    bits_flags = f"--first-bits {settings.get('first_weight_bits', '?')}, --last-bits {settings.get('last_weight_bits', '?')}"
+    integers = (f"the first layer's and classifier's integer weights (--first-bits "
+                f"{settings.get('first_weight_bits', '?')}, --last-bits {settings.get('last_weight_bits', '?')})")
+    if any(len(layer.ops) > 1 for layer in net.compute_layers[1:-1]):
+        integers += " and the rounded gains (--gain-bits)"
+    logit_error = exact.max_logit_difference / exact.max_logit if exact.max_logit else 0.0
     if unexplained is not None:
         verdict = (f"compiler or golden-model error: in {unexplained.unexplained_images} images the golden bits "
                    f"of {unexplained.producer} are not those of the torch model holding the compiler's integers")
+    elif logit_error > LOGIT_TOLERANCE:
+        verdict = (f"compiler or golden-model error: every activation bit agrees with the torch model holding "
+                   f"the compiler's integers, but the logits differ by {logit_error:.2%} of the largest one")
     elif first is None and trained.agreement == 1:
         verdict = "the golden model computes the trained torch model bit for bit on these images"
     else:
         origins = ", ".join(f"{e.producer} in {e.origin_images}" for e in trained.layers if e.origin_images)
-        verdict = (f"the integer first layer and classifier ({bits_flags}) explain every difference "
-                   f"(the golden model is the torch model with those integers, up to float ties); "
-                   f"first differing bits: {origins or 'none'}; {trained.classifier_mismatches} predictions "
-                   "differ with every bit equal (classifier)")
+        verdict = (f"{integers} explain every difference (the golden model is the torch model with those "
+                   f"integers, up to float ties); first differing bits: {origins or 'none'} images; "
+                   f"{trained.classifier_mismatches} predictions differ with every bit equal (classifier)")
     figures["per_layer"] = {"trained": trained.to_json(), "compiler_integers": exact.to_json(),
                             "verdict": verdict}
     print(f"torch      {figures['torch_accuracy']:.2%} (float model of {run_dir})")

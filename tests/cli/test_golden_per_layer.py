@@ -3,12 +3,14 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from binforge.compiler import ir
 from binforge.model.checkpoint import save_model
 from binforge.model.data import batch_to_input, load_dataset
 from binforge.model.train import RunConfig, build_model_from_config
+from binforge.sim.golden import run_network
 
 from binforge.cli import main
 
@@ -115,6 +117,24 @@ def test_a_planted_threshold_error_is_located(run_dir, tmp_path, capsys):
     assert by_name["body.5"]["unexplained_images"] > 0 and by_name["body.5"]["differing"] > by_name["body.5"]["ties"]
     assert "compiler or golden-model error" in report["per_layer"]["verdict"]
     assert "body.5" in printed.splitlines()[-2]  # the verdict line names the layer
+
+
+def test_a_planted_classifier_bias_error_is_found(run_dir, tmp_path, capsys):
+    """Every bit equal, one class's bias 5 % of the largest logit off: the logits give it away."""
+    net_dir = compile_net(run_dir, tmp_path / "net", 16, 16)
+    net = ir.load(net_dir)
+    images = load_dataset("digits", "test", limit=int(LIMIT)).as_arrays()[0]
+    largest = int(np.abs(run_network(net, images).logits).max())
+    classifier = net.layers[-1]
+    bias = classifier.bias.copy()
+    bias[3] += largest // 20
+    ir.save(dataclasses.replace(net, layers=net.layers[:-1] + (dataclasses.replace(classifier, bias=bias),)),
+            tmp_path / "planted")
+    _, report = per_layer(tmp_path / "planted", tmp_path / "golden", capsys)
+    exact = report["per_layer"]["compiler_integers"]
+    assert all(d["differing"] == d["ties"] for d in exact["layers"])
+    assert exact["max_logit_difference"] >= 0.04 * exact["max_logit"]
+    assert report["per_layer"]["verdict"].startswith("compiler or golden-model error: every activation bit")
 
 
 def test_more_than_24_bits_are_refused(run_dir, tmp_path, capsys):
