@@ -6,6 +6,12 @@ the long build, builds the board's top level with the open flow (YoWASP Yosys an
 nextpnr) or, for vendors whose tools are not open, writes Verilog, constraints and
 the vendor's build script; then it writes ``report.json`` with utilisation, Fmax,
 the critical path and the throughput these give.
+
+Without a clock request the design runs at the board's oscillator. With one
+(``clock_mhz``) the board top runs it from the family's PLL at the highest frequency
+the PLL reaches not above the request (:func:`binforge.boards.pll.solve_pll`), the UART
+divisor and the power-on reset delay follow that achieved frequency, and nextpnr
+times the PLL's output against it.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ from binforge.outdir import atomic_output_dir, write_report
 
 from .fit import check_fit, estimate_fit
 from .platforms import Board, get_board, make_platform
+from .pll import PLLRangeError, solve_pll
 from .report import count_yosys_cells, read_nextpnr_report
 from .toolchain import run_build_plan, use_yowasp_tools
 from .top import BoardTop
 from .uart import uart_divisor
 
-__all__ = ["DEFAULT_BAUD", "DESIGN_NAME", "toolchain_overrides", "binary_ops_per_image",
+__all__ = ["DEFAULT_BAUD", "DESIGN_NAME", "toolchain_overrides", "binary_ops_per_image", "board_pll",
            "prepare_board_build", "build_for_board"]
 
 DEFAULT_BAUD = 115200
@@ -62,12 +69,35 @@ def binary_ops_per_image(net) -> int:
     return total
 
 
+def board_pll(board: Board, requested_hz: float):
+    """The PLL configuration that runs ``board``'s design at (at most) ``requested_hz``.
+
+    Raises :class:`BinforgeError`, with the numbers, for a board binforge generates no
+    PLL for (the Verilog-only boards) or a request the board's PLL cannot reach.
+    """
+    if board.pll_primitive is None:
+        raise BinforgeError(
+            f"--clock-mhz is not supported on the {board.title}: binforge generates no clock "
+            f"generator (MMCM/PLL) for the {board.device}, whose design runs at its "
+            f"{board.clock_hz / 1e6:g} MHz oscillator; leave out --clock-mhz, or add a clock "
+            "wizard in Vivado to the Verilog it writes")
+    try:
+        return solve_pll(board.family, board.clock_hz, requested_hz)
+    except PLLRangeError as exc:
+        raise BinforgeError(f"the {board.title}'s {board.pll_primitive} cannot make {requested_hz / 1e6:g} MHz "
+                            f"from its {board.clock_hz / 1e6:g} MHz oscillator: {exc}; ask for another "
+                            "--clock-mhz") from None
+
+
 def prepare_board_build(net, rows: int, cols: int, simd: int, board: Board, *,
-                        clock_hz: float | None = None, baud: int = DEFAULT_BAUD):
+                        clock_hz: float | None = None, baud: int = DEFAULT_BAUD, pll=None):
     """Plan, fit-check and elaborate-ready objects for one board build.
 
-    Returns ``(platform, top, plan, estimate)``. Raises :class:`BinforgeError` when the
-    design does not fit the device or the baud rate does not suit the board's clock.
+    ``clock_hz`` is the oscillator's timing constraint (default: its frequency); with
+    ``pll`` (:func:`board_pll`) the design runs at the PLL's achieved frequency, which
+    then sets the UART divisor. Returns ``(platform, top, plan, estimate)``. Raises
+    :class:`BinforgeError` when the design does not fit the device or the baud rate
+    does not suit the design's clock.
     """
     from binforge.hw.plan import plan_network
 
@@ -79,8 +109,9 @@ def prepare_board_build(net, rows: int, cols: int, simd: int, board: Board, *,
         raise BinforgeError(f"the network cannot be mapped onto a {rows}x{cols}x{simd} array: {exc}") from None
     estimate = estimate_fit(plan, board)
     check_fit(estimate, board)
+    sync_hz = float(pll.output_hz) if pll is not None else board.clock_hz
     try:
-        divisor = uart_divisor(board.clock_hz, baud)
+        divisor = uart_divisor(sync_hz, baud)
     except ValueError as exc:
         raise BinforgeError(f"{exc} on the {board.title}") from None
     try:
@@ -88,7 +119,7 @@ def prepare_board_build(net, rows: int, cols: int, simd: int, board: Board, *,
     except ValueError as exc:
         raise BinforgeError(f"{exc} on the {board.title}") from None
     platform = make_platform(board, clock_hz)
-    top = BoardTop(core, board.clock_hz)
+    top = BoardTop(core, board.clock_hz, pll=pll, pll_primitive=board.pll_primitive if pll is not None else None)
     return platform, top, plan, estimate
 
 
@@ -97,15 +128,21 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
                     seed: int = 1, progress: bool = True, source: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build ``net`` on an R x C x S array for ``board_name`` into the folder ``out``.
 
-    With ``do_build=False`` only the files of the build (RTLIL, constraints, scripts)
-    are written, no tool runs. Returns the report (also written as ``out/report.json``).
+    Without ``clock_mhz`` the design runs at the board's oscillator; with it, from the
+    board's PLL at the highest frequency not above ``clock_mhz`` the PLL reaches
+    (:func:`board_pll`; refused for the Verilog-only boards and for requests out of
+    the PLL's range). With ``do_build=False`` only the files of the build (RTLIL,
+    constraints, scripts) are written, no tool runs. Returns the report (also written
+    as ``out/report.json``).
     """
     from binforge.hw.plan import analytic_cycles
 
     board = get_board(board_name)
-    target_hz = clock_mhz * 1e6 if clock_mhz is not None else board.clock_hz
-    platform, top, plan, estimate = prepare_board_build(net, rows, cols, simd, board,
-                                                        clock_hz=target_hz, baud=baud)
+    if clock_mhz is not None and not clock_mhz > 0:
+        raise BinforgeError(f"--clock-mhz must be positive, not {clock_mhz:g}")
+    pll = board_pll(board, clock_mhz * 1e6) if clock_mhz is not None else None
+    sync_hz = float(pll.output_hz) if pll is not None else board.clock_hz
+    platform, top, plan, estimate = prepare_board_build(net, rows, cols, simd, board, baud=baud, pll=pll)
     use_yowasp_tools()
     build_plan = platform.build(top, name=DESIGN_NAME, do_build=False, **toolchain_overrides(board, seed=seed))
     cycles = int(analytic_cycles(plan)["total"])
@@ -114,8 +151,8 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
         "board": board.name, "board_title": board.title, "device": board.device, "flow": board.flow,
         "network": net.name, "rows": rows, "cols": cols, "simd": simd, "lanes": estimate.lanes,
         "source": source or {},
-        "clock": {"target_mhz": target_hz / 1e6, "board_oscillator_mhz": board.clock_hz / 1e6},
-        "uart": {"baud": baud, "divisor": uart_divisor(board.clock_hz, baud), "serial": board.serial},
+        "clock": _clock_report(board, pll, clock_mhz),
+        "uart": {"baud": baud, "divisor": uart_divisor(sync_hz, baud), "serial": board.serial},
         "cycles_per_image": cycles, "binary_ops_per_image": ops,
         "fit_estimate": estimate.to_json(),
     }
@@ -155,7 +192,12 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
             report["bitstream"] = bitstream
             report["steps"] = [{"name": s.name, "seconds": s.seconds, "log": f"build/{s.log}"} for s in steps]
             report.update(figures.to_json())
-            report.update(_throughput(figures, estimate.lanes, cycles, ops, board))
+            fmax = _sync_fmax(figures, sync_hz)
+            report.update(_throughput(fmax, figures, estimate.lanes, cycles, ops, board))
+            # Timing is met when nextpnr's Fmax of the design's clock reaches the clock it runs at.
+            met = fmax is not None and fmax >= sync_hz / 1e6
+            report["clock"]["timing_met"] = met
+            report["images_per_second_at_clock"] = round(sync_hz / cycles, 1) if met else None
         write_report(folder, "build", **report)
     return report
 
@@ -174,11 +216,36 @@ def _over_capacity(build_dir: Path) -> str:
     return ", ".join(dict.fromkeys(over))
 
 
-def _throughput(figures, lanes: int, cycles: int, ops: int, board: Board) -> dict[str, Any]:
-    # The board top clocks the sync domain straight from the oscillator pin's net, "clk".
-    fmax = figures.fmax_mhz.get("clk", figures.fmax_mhz.get("cd_sync.clk"))
-    if fmax is None and figures.fmax_mhz:
-        fmax = min(figures.fmax_mhz.values())
+def _clock_report(board: Board, pll, requested_mhz: float | None) -> dict[str, Any]:
+    """report.json's ``clock``: source, requested and achieved frequency, PLL dividers."""
+    if pll is None:
+        return {"source": "oscillator", "target_mhz": board.clock_hz / 1e6, "requested_mhz": None,
+                "achieved_mhz": board.clock_hz / 1e6, "board_oscillator_mhz": board.clock_hz / 1e6,
+                "timing_met": None}
+    achieved = float(pll.output_hz) / 1e6
+    return {"source": "pll", "target_mhz": achieved, "requested_mhz": requested_mhz, "achieved_mhz": achieved,
+            "board_oscillator_mhz": board.clock_hz / 1e6, "timing_met": None,
+            "pll": {"primitive": board.pll_primitive, "pfd_mhz": float(pll.pfd_hz) / 1e6,
+                    "vco_mhz": float(pll.vco_hz) / 1e6, "dividers": pll.parameters()}}
+
+
+def _sync_fmax(figures, sync_hz: float) -> float | None:
+    """The Fmax of the clock the design runs on, among nextpnr's clocks.
+
+    That is the clock nextpnr timed at the design's frequency (the oscillator's, or the
+    PLL output's); failing that, by name: the oscillator pin's net (``clk`` on iCE40,
+    ``clk_buf.buf.i`` on ECP5) or the sync domain's clock; else the slowest clock.
+    """
+    for name, target in figures.target_mhz.items():
+        if name in figures.fmax_mhz and abs(target - sync_hz / 1e6) <= 1e-3 * sync_hz / 1e6:
+            return figures.fmax_mhz[name]
+    for name in ("clk", "cd_sync.clk", "clk_buf.buf.i"):
+        if name in figures.fmax_mhz:
+            return figures.fmax_mhz[name]
+    return min(figures.fmax_mhz.values()) if figures.fmax_mhz else None
+
+
+def _throughput(fmax: float | None, figures, lanes: int, cycles: int, ops: int, board: Board) -> dict[str, Any]:
     cells = figures.utilisation["logic_cells"].used
     out: dict[str, Any] = {
         "fmax_sync_mhz": round(fmax, 2) if fmax is not None else None,

@@ -87,6 +87,12 @@ class Board:
         How the host reaches the UART.
     platform_class:
         The amaranth-boards platform (without its programmer, see below).
+    pll_primitive:
+        The PLL primitive ``binforge build --clock-mhz`` instantiates
+        (:func:`~binforge.boards.clocking.pll_instance`): ``"SB_PLL40_PAD"`` where the
+        oscillator arrives on the iCE40 PLL's own input pad, ``"SB_PLL40_CORE"`` where it
+        arrives on another pin, ``"EHXPLLL"`` on ECP5; ``None`` where binforge generates
+        no PLL (the Verilog-only boards).
     """
 
     name: str
@@ -98,6 +104,7 @@ class Board:
     clock_hz: float
     serial: str
     platform_class: type
+    pll_primitive: str | None = None
 
     def platform(self):
         """A fresh platform object for this board (its resources can then be changed)."""
@@ -150,16 +157,17 @@ BOARDS: dict[str, Board] = {
     board.name: board
     for board in (
         Board("icebreaker", "iCEBreaker", "ice40", "iCE40UP5K-SG48", "open", _UP5K, 12e6,
-              "the board's FTDI second channel (e.g. /dev/ttyUSB1)", ICEBreakerPlatform),
+              "the board's FTDI second channel (e.g. /dev/ttyUSB1)", ICEBreakerPlatform,
+              pll_primitive="SB_PLL40_PAD"),
         Board("ice40-hx8k", "iCE40-HX8K breakout (ICE40HX8K-B-EVN)", "ice40", "iCE40HX8K-CT256",
               "open", _HX8K, 12e6, "the board's FTDI second channel (e.g. /dev/ttyUSB1)",
-              ICE40HX8KBEVNPlatform),
+              ICE40HX8KBEVNPlatform, pll_primitive="SB_PLL40_CORE"),
         Board("ulx3s-85f", "ULX3S 85F", "ecp5", "LFE5U-85F-6BG381C", "open", _ECP5_85, 25e6,
               "the board's FTDI USB serial port (e.g. /dev/ttyUSB0)",
-              _without_programmer(ULX3S_85F_Platform, "openFPGALoader")),
+              _without_programmer(ULX3S_85F_Platform, "openFPGALoader"), pll_primitive="EHXPLLL"),
         Board("orangecrab", "OrangeCrab r0.2 85F", "ecp5", "LFE5U-85F-8MG285C", "open", _ECP5_85,
               48e6, "a 3.3 V USB-serial adapter on the Feather RX (io 0) and TX (io 1) pins",
-              _OrangeCrab85FPlatform),
+              _OrangeCrab85FPlatform, pll_primitive="EHXPLLL"),
         Board("arty-a7-35", "Arty A7-35T", "xilinx7", "xc7a35ticsg324-1L", "verilog-only", _A7_35,
               100e6, "the board's FTDI USB serial port (e.g. /dev/ttyUSB1)", ArtyA7_35Platform),
         Board("arty-a7-100", "Arty A7-100T", "xilinx7", "xc7a100ticsg324-1L", "verilog-only",
@@ -180,8 +188,9 @@ def get_board(name: str) -> Board:
 def make_platform(board: Board, target_hz: float | None = None):
     """The board's platform, its default clock constrained to ``target_hz`` for timing.
 
-    The constraint is the clock nextpnr times the design against (the design itself
-    runs at the board's oscillator, :attr:`Board.clock_hz`; no PLL is generated).
+    The constraint is the clock nextpnr times the oscillator pin's net against. With a
+    PLL (``binforge build --clock-mhz``) the oscillator keeps its own frequency here and
+    the board top constrains the PLL's output (:class:`~binforge.boards.top.BoardTop`).
     """
     platform = board.platform()
     if target_hz is not None:

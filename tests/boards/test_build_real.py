@@ -13,7 +13,8 @@ from binforge.compiler.random_network import random_network
 @pytest.mark.slow
 def test_icebreaker_bitstream_with_utilisation_and_fmax(tmp_path):
     net = random_network(1, in_shape=Shape(1, 6, 6), channels=(4, 4), num_classes=4)
-    report = build_for_board(net, 2, 2, 8, "icebreaker", tmp_path / "build", clock_mhz=30, progress=False)
+    # The board's 12 MHz oscillator, no PLL (tests/boards/test_build_pll.py builds one with the PLL).
+    report = build_for_board(net, 2, 2, 8, "icebreaker", tmp_path / "build", progress=False)
     out = tmp_path / "build"
     bitstream = out / "binforge.bin"
     assert report["built"] is True and bitstream.is_file() and bitstream.stat().st_size > 100_000
@@ -22,7 +23,8 @@ def test_icebreaker_bitstream_with_utilisation_and_fmax(tmp_path):
     assert report["utilisation"]["bram"]["used"] >= 1
     assert 0 < report["utilisation"]["flip_flops"]["used"] <= lc["used"]
     fmax = report["fmax_mhz"]["clk"]  # the oscillator pin's net clocks the design
-    assert 5 < fmax < 300 and report["target_mhz"]["clk"] == pytest.approx(30, rel=1e-3)
+    assert 5 < fmax < 300 and report["target_mhz"]["clk"] == pytest.approx(12, rel=1e-3)
+    assert report["clock"]["source"] == "oscillator" and report["clock"]["timing_met"] is (fmax >= 12)
     path = report["critical_paths"][0]
     assert path["delay_ns"] > 0 and path["start"] and path["end"]
     assert report["images_per_second_at_fmax"] == pytest.approx(fmax * 1e6 / report["cycles_per_image"], rel=1e-3)
