@@ -198,7 +198,10 @@ class TorchComparison:
     max_logit_difference:
         ``max |golden logit * scale - torch logit|``.
     max_logit:
-        ``max |torch logit|`` (the size the difference compares with).
+        ``max |torch logit|`` (the size the differences compare with).
+    equal_bits_logit_difference:
+        ``max |golden logit * scale - torch logit|`` over the images whose every
+        activation bit agrees: the classifier's own share (0 when there are none).
     classifier_mismatches:
         Images predicted differently although every activation bit agrees: the
         classifier's integer weights and bias decide them.
@@ -212,6 +215,7 @@ class TorchComparison:
     golden_predictions: np.ndarray
     max_logit_difference: float
     max_logit: float
+    equal_bits_logit_difference: float
     classifier_mismatches: int
     tie_tolerance: float
 
@@ -246,6 +250,7 @@ class TorchComparison:
             "agreement": self.agreement,
             "mismatches": int(np.sum(self.torch_predictions != self.golden_predictions)),
             "max_logit_difference": self.max_logit_difference, "max_logit": self.max_logit,
+            "equal_bits_logit_difference": self.equal_bits_logit_difference,
             "classifier_mismatches": self.classifier_mismatches,
         }
 
@@ -302,7 +307,8 @@ def compare_with_torch(model: nn.Module, net: Network, report: CompileReport, im
     readers = sorted(report.input_bases)
     # per reader: bits, differing, images differing, ties, largest margin, origin images, unexplained images
     counts = {index: np.zeros(7, dtype=np.float64) for index in readers}
-    torch_parts, golden_parts, logit_gap, logit_size, classifier_mismatches = [], [], 0.0, 0.0, 0
+    torch_parts, golden_parts, classifier_mismatches = [], [], 0
+    logit_gap = logit_size = equal_bits_gap = 0.0
     scale = net.layers[-1].output.scale
     captured: dict[int, torch.Tensor] = {}
     handles = []
@@ -325,7 +331,8 @@ def compare_with_torch(model: nn.Module, net: Network, report: CompileReport, im
             golden = run_network(net, chunk, return_layers=True)
             torch_parts.append(torch_out.argmax(axis=1))
             golden_parts.append(golden.predictions)
-            logit_gap = max(logit_gap, float(np.abs(golden.logits * scale - torch_out).max()))
+            gap = np.abs(golden.logits * scale - torch_out).max(axis=1)
+            logit_gap = max(logit_gap, float(gap.max()))
             logit_size = max(logit_size, float(np.abs(torch_out).max()))
             settled = np.zeros(n, dtype=bool)  # images with a difference in an earlier layer
             for index in readers:
@@ -346,6 +353,8 @@ def compare_with_torch(model: nn.Module, net: Network, report: CompileReport, im
                 if wrong.any():
                     counts[index][4] = max(counts[index][4], float(margin[wrong].max()))
             classifier_mismatches += int(np.sum(~settled & (torch_parts[-1] != golden.predictions)))
+            if not settled.all():
+                equal_bits_gap = max(equal_bits_gap, float(gap[~settled].max()))
             if progress is not None:
                 progress(n)
     finally:
@@ -365,5 +374,6 @@ def compare_with_torch(model: nn.Module, net: Network, report: CompileReport, im
         images=int(len(images)), layers=tuple(layers),
         torch_predictions=np.concatenate(torch_parts).astype(np.int64) if torch_parts else empty,
         golden_predictions=np.concatenate(golden_parts).astype(np.int64) if golden_parts else empty,
-        max_logit_difference=logit_gap, max_logit=logit_size, classifier_mismatches=classifier_mismatches,
+        max_logit_difference=logit_gap, max_logit=logit_size, equal_bits_logit_difference=equal_bits_gap,
+        classifier_mismatches=classifier_mismatches,
         tie_tolerance=float(tie_tolerance))

@@ -115,13 +115,13 @@ def _per_layer(args: argparse.Namespace, net, model, run_dir: str, images: np.nd
                 f"{settings.get('first_weight_bits', '?')}, --last-bits {settings.get('last_weight_bits', '?')})")
     if any(len(layer.ops) > 1 for layer in net.compute_layers[1:-1]):
         integers += " and the rounded gains (--gain-bits)"
-    logit_error = exact.max_logit_difference / exact.max_logit if exact.max_logit else 0.0
+    logit_error = exact.equal_bits_logit_difference / exact.max_logit if exact.max_logit else 0.0
     if unexplained is not None:
         verdict = (f"compiler or golden-model error: in {unexplained.unexplained_images} images the golden bits "
                    f"of {unexplained.producer} are not those of the torch model holding the compiler's integers")
     elif logit_error > LOGIT_TOLERANCE:
         verdict = (f"compiler or golden-model error: every activation bit agrees with the torch model holding "
-                   f"the compiler's integers, but the logits differ by {logit_error:.2%} of the largest one")
+                   f"the compiler's integers, but the logits differ by up to {logit_error:.2%} of the largest one")
     elif first is None and trained.agreement == 1:
         verdict = "the golden model computes the trained torch model bit for bit on these images"
     else:

@@ -74,6 +74,7 @@ def test_enough_bits_every_bit_agrees(run_dir, tmp_path, capsys):
         assert entry["fraction"] <= 1e-4
     assert exact["first_unexplained_difference"] is None
     assert exact["agreement"] == 1.0 and trained["agreement"] == 1.0 and report["agreement"] == 1.0
+    assert exact["equal_bits_logit_difference"] <= 1e-5 * exact["max_logit"]
     assert "error" not in report["per_layer"]["verdict"]
     assert "per layer" in printed and "body.16" in printed and "verdict" in printed
 
@@ -133,7 +134,7 @@ def test_a_planted_classifier_bias_error_is_found(run_dir, tmp_path, capsys):
     _, report = per_layer(tmp_path / "planted", tmp_path / "golden", capsys)
     exact = report["per_layer"]["compiler_integers"]
     assert all(d["differing"] == d["ties"] for d in exact["layers"])
-    assert exact["max_logit_difference"] >= 0.04 * exact["max_logit"]
+    assert exact["equal_bits_logit_difference"] >= 0.04 * exact["max_logit"]
     assert report["per_layer"]["verdict"].startswith("compiler or golden-model error: every activation bit")
 
 

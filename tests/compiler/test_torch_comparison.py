@@ -76,6 +76,7 @@ def test_low_bits_differences_start_in_the_first_layer(model_and_images):
     assert lenient.first_unexplained is None and lenient.layers[0].ties == first.differing
     exact = compare_with_torch(quantised_model(model, report), net, report, images)
     assert exact.first_unexplained is None and exact.agreement == 1.0
+    assert 0 < exact.max_logit and exact.equal_bits_logit_difference <= 1e-5 * exact.max_logit
     assert exact.to_json()["first_unexplained_difference"] is None
     assert trained.to_json()["first_difference"] == "body.0"
 
