@@ -117,10 +117,10 @@ def run(args: argparse.Namespace) -> int:
     if report.get("built"):
         for name, use in report["utilisation"].items():
             print(f"used       {name:12s} {use['used']:6d} / {use['available']:6d}  ({use['percent']:.1f} %)")
-        for clock, fmax in report["fmax_mhz"].items():
-            target = report["target_mhz"][clock]
+        for net_name, fmax in report["fmax_mhz"].items():
+            target = report["target_mhz"][net_name]
             verdict = "met" if fmax >= target else "NOT met"
-            print(f"fmax       {clock}: {fmax:.1f} MHz (target {target:.1f} MHz, {verdict})")
+            print(f"fmax       {net_name}: {fmax:.1f} MHz (target {target:.1f} MHz, {verdict})")
         if clock["timing_met"]:
             print(f"throughput {report['cycles_per_image']} cycles per image: "
                   f"{report['images_per_second_at_clock']:.0f} images/s at the {clock['achieved_mhz']:g} MHz "

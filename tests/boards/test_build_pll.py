@@ -163,22 +163,32 @@ def test_power_on_reset_restarts_while_hold_is_high():
 
 
 @pytest.mark.slow
-def test_icebreaker_bitstream_runs_from_the_pll_with_timing_met(tmp_path):
-    from binforge.compiler.ir import Shape
+def test_icebreaker_bitstream_runs_from_the_pll_with_timing_met(tmp_path, capsys):
+    from binforge.compiler.ir import Shape, save
+    from binforge.hw.generate import generate
+
+    from binforge.cli import main
 
     small = random_network(1, in_shape=Shape(1, 6, 6), channels=(4, 4), num_classes=4)
-    report = build_for_board(small, 2, 2, 8, "icebreaker", tmp_path / "build", clock_mhz=24, progress=False)
-    assert report["built"] is True and (tmp_path / "build" / "binforge.bin").stat().st_size > 100_000
+    generate(small, 2, 2, 8, tmp_path / "hw")
+    save(small, tmp_path / "hw")
+    out = tmp_path / "build"
+    assert main(["build", str(tmp_path / "hw"), "--board", "icebreaker", "--clock-mhz", "24", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert ("clock      24 MHz from the SB_PLL40_PAD (asked 24 MHz, 12 MHz oscillator; "
+            "DIVR 0, DIVF 63, DIVQ 5, FILTER_RANGE 1)") in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["built"] is True and (out / "binforge.bin").stat().st_size > 100_000
     clock = report["clock"]
-    assert clock["source"] == "pll" and clock["achieved_mhz"] == 24.0
+    assert clock["source"] == "pll" and clock["requested_mhz"] == 24 and clock["achieved_mhz"] == 24.0
     assert clock["pll"]["dividers"] == {"FEEDBACK_PATH": "SIMPLE", "DIVR": 0, "DIVF": 63, "DIVQ": 5, "FILTER_RANGE": 1}
     # nextpnr derived the PLL output's constraint from the 12 MHz pin and these dividers.
     assert report["target_mhz"]["clk"] == pytest.approx(24.0, rel=1e-3)
+    assert "Derived frequency constraint of 24.0 MHz for net clk" in (out / "build" / "binforge.tim").read_text()
     assert report["utilisation"]["logic_cells"]["used"] > 500
     fmax = report["fmax_sync_mhz"]
-    assert fmax == round(report["fmax_mhz"]["clk"], 2) and fmax >= 24.0  # ~31-33 MHz for this design
+    assert fmax == report["fmax_mhz"]["clk"] and fmax >= 24.0  # ~31-33 MHz for this design
     assert clock["timing_met"] is True
     assert report["images_per_second_at_clock"] == round(24e6 / report["cycles_per_image"], 1)
+    assert f"{report['images_per_second_at_clock']:.0f} images/s at the 24 MHz clock (timing met" in printed
     assert report["uart"]["divisor"] == round(24e6 / 115200)
-    saved = json.loads((tmp_path / "build" / "report.json").read_text())
-    assert saved["clock"] == clock and saved["images_per_second_at_clock"] == report["images_per_second_at_clock"]
