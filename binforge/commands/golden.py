@@ -139,13 +139,17 @@ def _per_layer(args: argparse.Namespace, net, model, run_dir: str, images: np.nd
     for mine, theirs in zip(trained.layers, exact.layers, strict=True):
         print(f"  {mine.producer:<10} {mine.reader:<10} {_bits_cell(mine):>22} {mine.origin_images:>16} "
               f"{_bits_cell(theirs):>24}")
-    print(f"  {'logits':<10} {'argmax':<10} {1 - trained.agreement:>22.4%} {trained.classifier_mismatches:>16} "
-          f"{1 - exact.agreement:>24.4%}")
+    print(f"  {'class':<10} {'(argmax)':<10} {1 - trained.agreement:>22.2%} {trained.classifier_mismatches:>16} "
+          f"{1 - exact.agreement:>24.2%}")
     print(f"verdict    {verdict}")
 
 
 def _bits_cell(entry) -> str:
-    cell = f"{entry.fraction:.4%}"
+    """``0``, a count of bits (under 1000), or a percentage; the ties among them in brackets."""
+    if not entry.differing:
+        return "0"
+    cell = f"{entry.differing} bit{'s' if entry.differing > 1 else ''}" if entry.differing < 1000 \
+        else f"{entry.fraction:.4%}"
     return f"{cell} ({entry.ties} tie{'s' if entry.ties > 1 else ''})" if entry.ties else cell
 
 
