@@ -43,7 +43,7 @@ from .pe import GainFormat, popcount_depth
 __all__ = ["GAIN_MODES", "DEFAULT_GAIN_MODE", "signed_digits", "expand_gains", "horner_steps",
            "ComputePlan", "PoolPlan", "NetworkPlan", "TensorLayout", "plan_network", "tensor_layouts",
            "analytic_cycles",
-           "OUT_DATA_WIDTH", "DEFAULT_RELAY", "LAYER_LOAD_CYCLES", "READ_REGISTER_CYCLES",
+           "OUT_DATA_WIDTH", "DEFAULT_RELAY", "LAYER_LOAD_CYCLES", "OP_REGISTER_CYCLES", "READ_REGISTER_CYCLES",
            "DRAIN_TAIL_CYCLES", "ARGMAX_TAIL_CYCLES", "POOL_TAIL_CYCLES"]
 
 #: Width of the result stream's data: the class index and every logit fit in it.
@@ -57,6 +57,10 @@ DEFAULT_GAIN_MODE = "shift"
 # Fixed pipeline costs of the sequencer, in cycles (see docs/hardware.md).
 #: Loading one layer's descriptor.
 LAYER_LOAD_CYCLES = 1
+#: The window generator's outputs pass two register stages, not one: its op table's
+#: entry is registered (a block RAM's clock-to-output ends in a flip-flop) before the
+#: address adders that add the entry's plane and weight offsets.
+OP_REGISTER_CYCLES = 1
 #: The activation memories' read data is registered before the source/pad select in front
 #: of the array (so a block RAM's clock-to-output ends in a flip-flop, not in logic); the
 #: weight ROM is read a cycle later to match. Every beat reaches the array this much later.
@@ -565,9 +569,9 @@ def _compute_cycles(p: ComputePlan, plan: NetworkPlan) -> int:
         guard = p.guard_last if in_last_pg else p.guard_full
         t = last_beat + 1 + guard
     drain = p.drain_last
-    # done of the last group: last beat + 1 (window register) + 1 (memory read) + the read
-    # data register + array latency
-    done = last_beat + 2 + READ_REGISTER_CYCLES + plan.array_latency
+    # done of the last group: last beat + 1 (window register) + the op table's register
+    # + 1 (memory read) + the read data register + array latency
+    done = last_beat + 2 + OP_REGISTER_CYCLES + READ_REGISTER_CYCLES + plan.array_latency
     return done + drain + DRAIN_TAIL_CYCLES + (ARGMAX_TAIL_CYCLES if p.affine else 0)
 
 

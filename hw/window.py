@@ -53,7 +53,7 @@ class WindowGenerator(wiring.Component):
     finished : Out(1)
         High from the cycle after the layer's last beat until the next ``start``.
 
-    Latency: the outputs are registered; the first beat is on them 2 cycles after
+    Latency: the outputs are registered twice; the first beat is on them 3 cycles after
     ``start``, then one beat per cycle, except that a group's first beat waits while the
     previous group's guard count (descriptor ``guard_full``/``guard_last``) runs down.
     ``finished`` rises with the cycle after the last beat is on the outputs.
@@ -167,29 +167,43 @@ class WindowGenerator(wiring.Component):
             m.d.comb += op_addr_next.eq(self.init.op_base)
         with m.Elif(issue & run_end & ky_last):
             m.d.comb += op_addr_next.eq(Mux(op_last, d.op_base, op_addr + 1))
-        # Every output is registered (stage A -> A'): the address adders and pad compares
-        # get a cycle of their own before the memories.
-        finished = Signal(init=1)
+        # Two register stages to the outputs (A -> A' -> A''). A': the pad compares, the
+        # window address without its plane offset (base + tap_off), and the op table's
+        # entry in a register of its own (a block RAM's clock-to-output then ends in a
+        # flip-flop). A'': the plane offset and weight offset added, the gain selected.
+        # The one cycle this adds is OP_REGISTER_CYCLES in the cycle model.
+        finished_a, finished = Signal(init=1), Signal(init=1)
         m.d.comb += self.finished.eq(finished)
         with m.If(self.start):
-            m.d.sync += finished.eq(0)
+            m.d.sync += [finished_a.eq(0), finished.eq(0)]
         with m.Else():
-            m.d.sync += finished.eq(~running)
-        gain_code = op_rd.data[ow + ww:]
+            m.d.sync += [finished_a.eq(~running), finished.eq(finished_a)]
+        beat_a = Signal()
+        first_a, last_a, op_start_a = (Signal(reset_less=True, name=n) for n in ("first_a", "last_a", "op_start_a"))
+        entry_a = Signal(len(op_rd.data), reset_less=True)
+        wbeat_a = Signal.like(wbeat, reset_less=True)
+        pad_word_a = Signal(len(self.pad_word), reset_less=True)
+        pad_a = Signal(cols, reset_less=True)
+        m.d.sync += [beat_a.eq(issue & ~self.start), first_a.eq(first), last_a.eq(last),
+                     op_start_a.eq(op_start), entry_a.eq(op_rd.data), wbeat_a.eq(wbeat),
+                     pad_word_a.eq(Mux(j_last, d.pad_last, d.pad_full))]
+        gain_code = entry_a[ow + ww:]
         if fmt.kind == "horner":
             # the accumulator doubles before an op's first beat only
-            gain_code = Mux(op_start, gain_code, gain_code[0])
-        m.d.sync += [self.beat.eq(issue & ~self.start), self.first.eq(first), self.last.eq(last),
+            gain_code = Mux(op_start_a, gain_code, gain_code[0])
+        m.d.sync += [self.beat.eq(beat_a & ~self.start), self.first.eq(first_a), self.last.eq(last_a),
                      self.gain.eq(gain_code),
-                     self.weight_addr.eq(wbeat + op_rd.data[ow:ow + ww]),
-                     self.pad_word.eq(Mux(j_last, d.pad_last, d.pad_full))]
-        plane_off = op_rd.data[:ow]
+                     self.weight_addr.eq(wbeat_a + entry_a[ow:ow + ww]),
+                     self.pad_word.eq(pad_word_a), self.pad.eq(pad_a)]
+        plane_off = entry_a[:ow]
         for c in range(cols):
             y = yi0[c] + ky
             x = xi0[c] + kx
+            addr_a = Signal(aw, name=f"addr_a{c}", reset_less=True)
             m.d.sync += [
-                self.addr[c * self._addr_width:(c + 1) * self._addr_width].eq(plane_off + base[c] + tap_off),
-                self.pad[c].eq((y < 0) | (y >= d.in_h) | (x < 0) | (x >= d.in_w)),
+                addr_a.eq(base[c] + tap_off),
+                pad_a[c].eq((y < 0) | (y >= d.in_h) | (x < 0) | (x >= d.in_w)),
+                self.addr[c * self._addr_width:(c + 1) * self._addr_width].eq(addr_a + plane_off),
             ]
 
         with m.If(guard_on):
