@@ -3,8 +3,11 @@
 Two estimates, both from the hardware plan (:func:`binforge.hw.plan.plan_network`):
 
 - memory: each of the accelerator's memories (weight ROM, threshold/bias ROM, the two
-  activation buffers, the logits) is cut into the device's block RAMs in the best of
-  their width x depth configurations;
+  activation buffers and the im2col image memory, once per array column, the logits,
+  the window generator's op table) is cut into the device's block RAMs in the best of
+  their width x depth configurations, counting only the bits a block can write one at
+  a time where the memory is written bit by bit (ECP5 and Xilinx block RAMs have one
+  write enable per byte lane);
 - logic: the calibration of a bare XNOR-popcount PE array built with the same flow
   (cells or LUTs per lane, per accumulator bit) plus the measured cost of the rest
   of the design (sequencer, pool engine, UART, host link) — see docs/boards.md.
@@ -22,7 +25,7 @@ from binforge.errors import BinforgeError
 
 from .platforms import Board
 
-__all__ = ["MemoryNeed", "FitEstimate", "LOGIC_MODEL", "BRAM_SHAPES", "bram_blocks", "gain_logic",
+__all__ = ["MemoryNeed", "FitEstimate", "LOGIC_MODEL", "BRAM_SHAPES", "BRAM_WRITE_ENABLES", "bram_blocks", "gain_logic",
            "estimate_logic", "estimate_fit", "check_fit", "BLOCK_COST", "LOGIC_BIT_COST"]
 
 #: Block RAM (depth, width) configurations per family.
@@ -30,6 +33,18 @@ BRAM_SHAPES: dict[str, tuple[tuple[int, int], ...]] = {
     "ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2)),
     "ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)),
     "xilinx7": ((512, 72), (1024, 36), (2048, 18), (4096, 9), (8192, 4), (16384, 2), (32768, 1)),
+}
+
+#: Write enables per block RAM configuration (width: enables), where a block cannot
+#: write each bit on its own: ECP5 DP16KD and Xilinx RAMB36 have one enable per 9-bit
+#: byte lane. A memory written with a granularity of g bits stores at most
+#: ``enables * min(g, width // enables)`` bits per word of such a block (a buffer
+#: written bit by bit: 2 bits per 1024x18 DP16KD, measured in a ULX3S build, RESULTS
+#: "The PaBT Fashion-MNIST network on the boards"). iCE40 block RAMs have a per-bit
+#: write mask (no entry: every bit is writable on its own).
+BRAM_WRITE_ENABLES: dict[str, dict[int, int]] = {
+    "ecp5": {36: 4, 18: 2, 9: 1, 4: 1, 2: 1, 1: 1},
+    "xilinx7": {72: 8, 36: 4, 18: 2, 9: 1, 4: 1, 2: 1, 1: 1},
 }
 
 #: Logic model per family, in LUT4s (iCE40, ECP5) or LUT6s (Xilinx 7), fitted to
@@ -116,12 +131,26 @@ class FitEstimate:
         return {**asdict(self), "memories": [asdict(m) for m in self.memories], "fits": self.fits}
 
 
-def bram_blocks(family: str, width: int, depth: int) -> int:
-    """Block RAMs a ``width`` x ``depth`` memory takes in its best configuration."""
+def bram_blocks(family: str, width: int, depth: int, write_granularity: int | None = None) -> int:
+    """Block RAMs a ``width`` x ``depth`` memory takes in its best configuration.
+
+    ``write_granularity``: the memory is written in groups of that many bits, each with
+    its own enable (``None``: whole words, or a ROM).
+    """
     if width <= 0 or depth <= 0:
         return 0
-    return min(math.ceil(depth / d) * math.ceil(width / w) for d, w in BRAM_SHAPES[family])
+    enables = BRAM_WRITE_ENABLES.get(family, {})
 
+    def usable(w: int) -> int:
+        if write_granularity is None or w not in enables:
+            return w
+        return enables[w] * min(write_granularity, w // enables[w])
+
+    return min(math.ceil(depth / d) * math.ceil(width / usable(w)) for d, w in BRAM_SHAPES[family])
+
+
+#: Memories Yosys must put in block RAM (``ram_style`` "block"): the op table.
+FORCED_BLOCK = "block"
 
 #: Memory mapping costs, as Yosys's memory_libmap weighs them (fitted to where real
 #: builds put each memory): a block RAM per family, and a bit of memory built from soft
@@ -129,29 +158,59 @@ def bram_blocks(family: str, width: int, depth: int) -> int:
 #: memory goes where it costs less.
 BLOCK_COST = {"ice40": 64.0, "ecp5": 128.0, "xilinx7": 128.0}
 LOGIC_BIT_COST = {"rom": 1.0 / 8, "ram": {"ice40": 1.0, "ecp5": 1.0 / 16, "xilinx7": 1.0 / 32}}
+#: Bits an ECP5 LUT RAM (TRELLIS_DPR16X4) writes under one enable.
+LUT_RAM_WIDTH = 4
 #: LUTs per bit of a memory built from soft logic (a 4-input LUT holds 16 ROM bits).
 LOGIC_BITS_PER_LUT = 16
 
 
-def _memories(plan) -> list[tuple[str, str, int, int, int]]:
-    """(name, rom/ram, width, depth, copies) of each memory the sequencer builds."""
+def _op_table_width(plan) -> int:
+    """Bits of one op-table entry: act plane offset, weight plane offset, gain code."""
+    from amaranth.hdl import Shape
+
+    offsets = [(off, woff) for p in plan.layers if p.kind == "compute"
+               for off, woff in zip(p.plane_offsets, p.weight_offsets, strict=True)]
+    ow = max(1, max(off for off, _ in offsets).bit_length())
+    ww = max(1, max(woff for _, woff in offsets).bit_length())
+    return ow + ww + Shape.cast(plan.gain_format.shape).width
+
+
+def _memories(plan) -> list[tuple[str, str, int, int, int, int | None]]:
+    """(name, rom/ram/block, width, depth, copies, write granularity) of each memory the
+    sequencer builds."""
     from binforge.hw.plan import OUT_DATA_WIDTH
 
     s = plan.simd
-    return [
-        ("weights", "rom", plan.rows * s, int(len(plan.weight_rom)), 1),
-        ("thresholds_and_biases", "rom", plan.const_width, int(len(plan.const_rom)), 1),
-        # Each activation buffer is replicated once per array column.
-        ("activations_0", "ram", s, plan.buffer_depths[0], plan.cols),
-        ("activations_1", "ram", s, plan.buffer_depths[1], plan.cols),
-        ("logits", "ram", OUT_DATA_WIDTH, plan.logits_depth, 1),
+    n_ops = sum(len(p.plane_offsets) for p in plan.layers if p.kind == "compute")
+    memories = [
+        ("weights", "rom", plan.rows * s, int(len(plan.weight_rom)), 1, None),
+        ("thresholds_and_biases", "rom", plan.const_width, int(len(plan.const_rom)), 1, None),
+        # Each activation buffer is replicated once per array column and written bit by
+        # bit (the output stage's bits land in their channels' lanes).
+        ("activations_0", "ram", s, plan.buffer_depths[0], plan.cols, 1),
+        ("activations_1", "ram", s, plan.buffer_depths[1], plan.cols, 1),
     ]
+    if plan.image_depth:
+        # The im2col pixel tensor: a memory of its own per column, like the buffers.
+        memories.append(("image", "ram", s, plan.image_depth, plan.cols, 1))
+    memories += [
+        ("logits", "ram", OUT_DATA_WIDTH, plan.logits_depth, 1, None),
+        ("op_table", FORCED_BLOCK, _op_table_width(plan), n_ops, 1, None),
+    ]
+    return memories
 
 
-def _memory_need(family: str, name: str, kind: str, width: int, depth: int, copies: int) -> MemoryNeed:
-    blocks = bram_blocks(family, width, depth)
-    bit_cost = LOGIC_BIT_COST["rom"] if kind == "rom" else LOGIC_BIT_COST["ram"][family]
-    in_logic = width * depth * bit_cost <= blocks * BLOCK_COST[family]
+def _memory_need(family: str, name: str, kind: str, width: int, depth: int, copies: int,
+                 write_granularity: int | None) -> MemoryNeed:
+    blocks = bram_blocks(family, width, depth, write_granularity)
+    if kind == FORCED_BLOCK:
+        in_logic = False
+    else:
+        bit_cost = LOGIC_BIT_COST["rom"] if kind == "rom" else LOGIC_BIT_COST["ram"][family]
+        if kind == "ram" and family == "ecp5" and write_granularity is not None:
+            # ECP5 LUT RAM (TRELLIS_DPR16X4) writes 4 bits with one enable.
+            bit_cost *= LUT_RAM_WIDTH / min(LUT_RAM_WIDTH, write_granularity)
+        in_logic = width * depth * bit_cost <= blocks * BLOCK_COST[family]
     return MemoryNeed(name, width, depth, copies, copies * width * depth,
                       0 if in_logic else copies * blocks, in_logic)
 
@@ -160,7 +219,7 @@ def _memory_logic(need: MemoryNeed, family: str) -> float:
     """LUTs (or iCE40 cells) a memory built from soft logic takes."""
     if not need.in_logic:
         return 0.0
-    if family == "ice40" and (need.name.startswith("activations") or need.name == "logits"):
+    if family == "ice40" and (need.name.startswith("activations") or need.name in ("image", "logits")):
         return float(need.bits)  # one flip-flop (a cell) per bit
     return need.bits / LOGIC_BITS_PER_LUT
 

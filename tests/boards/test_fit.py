@@ -1,0 +1,54 @@
+"""The fit estimate's memories: bit-written buffers, the im2col image memory, the op table."""
+
+from __future__ import annotations
+
+import pytest
+from binforge.boards.fit import bram_blocks, estimate_fit
+from binforge.boards.platforms import get_board
+from binforge.compiler.random_network import random_network
+from binforge.hw.plan import plan_network
+
+
+@pytest.fixture(scope="module")
+def net():
+    return random_network(3)
+
+
+def test_bit_written_memories_take_a_block_per_write_enable_on_ecp5():
+    # Measured in a ULX3S build of the PaBT Fashion-MNIST network (16x4x32): each column's
+    # 32 x 784 activation buffer took 16 DP16KD (1024x18, 2 bits each), its 32 x 6272 image
+    # memory 32 (16384x1); whole-word writes would fit in 2 and 13.
+    assert bram_blocks("ecp5", 32, 784, 1) == 16
+    assert bram_blocks("ecp5", 32, 6272, 1) == 32
+    assert bram_blocks("ecp5", 32, 784) == 2
+    assert bram_blocks("ecp5", 32, 6272) == 13
+    # Groups of 9 bits fill a byte lane: whole words again.
+    assert bram_blocks("ecp5", 36, 512, 9) == bram_blocks("ecp5", 36, 512) == 1
+    # Xilinx RAMB36: one enable per byte lane too.
+    assert bram_blocks("xilinx7", 32, 1024, 1) == 8
+
+
+def test_ice40_blocks_have_a_per_bit_write_mask():
+    for width, depth in [(32, 784), (8, 12544), (16, 300)]:
+        assert bram_blocks("ice40", width, depth, 1) == bram_blocks("ice40", width, depth)
+
+
+def test_estimate_counts_the_image_memory_and_the_op_table(net):
+    plan = plan_network(net, 2, 2, 8)
+    assert plan.image_depth > 0  # the pixel conv reads its windows from an im2col memory
+    for board_name in ("icebreaker", "ulx3s-85f"):
+        board = get_board(board_name)
+        estimate = estimate_fit(plan, board)
+        needs = {m.name: m for m in estimate.memories}
+        image = needs["image"]
+        assert (image.width, image.depth, image.copies) == (8, plan.image_depth, 2)
+        assert image.bits == 2 * 8 * plan.image_depth
+        n_ops = sum(len(p.plane_offsets) for p in plan.layers if p.kind == "compute")
+        op_table = needs["op_table"]
+        assert op_table.depth == n_ops and not op_table.in_logic and op_table.blocks >= 1
+        for name in ("activations_0", "activations_1", "image"):
+            m = needs[name]
+            if not m.in_logic:
+                assert m.blocks == 2 * bram_blocks(board.family, m.width, m.depth, 1)
+        assert estimate.bram_blocks == sum(m.blocks for m in estimate.memories)
+
