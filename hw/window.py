@@ -206,6 +206,17 @@ class WindowGenerator(wiring.Component):
                 self.addr[c * self._addr_width:(c + 1) * self._addr_width].eq(addr_a + plane_off),
             ]
 
+        # Each column's "x wraps at the next position-group advance" (xi0 >= adv_wrap_at) is
+        # a flip-flop compared from the registers every cycle (from the loading descriptor
+        # at start): advances are at least drain + max_skew + 1 >= 2 cycles apart (the
+        # guard), so it is up to date at every advance and no compare precedes the adders.
+        wraps = [Signal(name=f"wrap_{c}") for c in range(cols)]
+        for c in range(cols):
+            with m.If(self.start):
+                m.d.sync += wraps[c].eq(self.init.xi0[c] >= self.init.adv_wrap_at)
+            with m.Else():
+                m.d.sync += wraps[c].eq(xi0[c] >= d.adv_wrap_at)
+
         with m.If(guard_on):
             m.d.sync += guard.eq(guard - 1)
         with m.If(self.start):
@@ -249,8 +260,9 @@ class WindowGenerator(wiring.Component):
                                      pg_last.eq(pg + 1 == d.pgl), wgroup.eq(d.weight_base),
                                      wbeat.eq(d.weight_base)]
                         for c in range(cols):
-                            # (pre-subtracted descriptor fields: one compare and one adder per value)
-                            wrap = xi0[c] >= d.adv_wrap_at
+                            # (pre-subtracted descriptor fields: one adder per value, the
+                            # wrap compare from a flip-flop)
+                            wrap = wraps[c]
                             m.d.sync += [
                                 xi0[c].eq(Mux(wrap, xi0[c] + d.adv_dx_wrap, xi0[c] + d.adv_dx)),
                                 yi0[c].eq(Mux(wrap, yi0[c] + d.adv_dy1, yi0[c] + d.adv_dy)),
