@@ -8,7 +8,7 @@ constant (``acc = bias + K * sum(gains) - 2 * result``), so the PE needs neither
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -85,6 +85,11 @@ class GainFormat:
     @property
     def kind(self) -> str:
         return self._kind
+
+    @property
+    def max_step(self) -> int:
+        """The largest accumulator step (``"horner"`` format; 0 for the others)."""
+        return getattr(self, "_max_step", 0)
 
     @property
     def largest(self) -> int:
@@ -207,6 +212,19 @@ class XnorPopcountPE(wiring.Component):
         """Cycles from a beat's bits to the result that includes it."""
         return self.popcount_depth + 2
 
+    @property
+    def term_width(self) -> int:
+        """Width of the signed gain-stage output (one beat's scaled count)."""
+        return (self._simd * self._gain_format.largest).bit_length() + 1
+
+    @property
+    def low_width(self) -> int | None:
+        """Bits of the accumulator's low half (``None``: not split). The accumulator is
+        split where the high half keeps at least 2 bits and the low half holds a term and
+        the bits one Horner step shifts out of it."""
+        low = max(self.term_width, self._gain_format.max_step, (self._acc_width + 1) // 2)
+        return low if low <= self._acc_width - 2 else None
+
     def elaborate(self, platform):
         m = Module()
         s = self._simd
@@ -237,8 +255,7 @@ class XnorPopcountPE(wiring.Component):
 
         # Scale by the gain (registered), then accumulate.
         fmt = self._gain_format
-        term_width = (s * fmt.largest).bit_length() + 1
-        term = Signal(signed(term_width), reset_less=True)
+        term = Signal(signed(self.term_width), reset_less=True)
         step = Signal(max(1, len(self.gain) - 1), reset_less=True)
         if fmt.kind == "multiply":
             m.d.sync += term.eq(count * self.gain)
@@ -255,18 +272,64 @@ class XnorPopcountPE(wiring.Component):
 
         # ``first`` clears the accumulator (a synchronous reset of its flip-flops, no
         # multiplexer in front of the adder) the cycle before the first term arrives.
-        acc = Signal(signed(self._acc_width), reset_less=True)
-        acc_next = Signal(signed(self._acc_width))
+        width = self._acc_width
+        low = self.low_width
+        if low is None:
+            acc = Signal(signed(width), reset_less=True)
+            acc_next = Signal(signed(width))
+            if fmt.kind == "horner":
+                m.d.comb += acc_next.eq((acc << step) + term)
+            else:
+                m.d.comb += acc_next.eq(acc + term)
+            with m.If(self.first):
+                m.d.sync += acc.eq(0)
+            with m.Else():
+                m.d.sync += acc.eq(acc_next)
+            result = Signal(signed(width), reset_less=True)
+            with m.If(last):
+                m.d.sync += result.eq(acc_next)
+            m.d.comb += self.result.eq(result)
+            return m
+
+        # Split accumulator: the value is hi * 2**low + lo + carry * 2**low, with lo
+        # unsigned, hi signed and carry in {-1, 0, 1} the low half's pending carry (minus
+        # the term's sign, whose extension into the high half it stands for). Each cycle
+        # the low half adds the term, and the high half adds the carry of the cycle before:
+        # two short carry chains side by side instead of one across the whole width.
+        high = width - low
+        lo = Signal(low, reset_less=True)
+        hi = Signal(signed(high), reset_less=True)
+        carry = Signal(signed(2), reset_less=True)
+        lo_shifted = Signal(low)  # (lo << step) mod 2**low
+        hi_shifted = Signal(signed(high))  # hi << step
+        spill = Signal(signed(fmt.max_step + 2))  # carry << step, plus lo's bits shifted out
         if fmt.kind == "horner":
-            m.d.comb += acc_next.eq((acc << step) + term)
+            with m.Switch(step):
+                for k in range(fmt.max_step + 1):
+                    with m.Case(k) if k < fmt.max_step else m.Default():
+                        m.d.comb += [lo_shifted.eq(lo << k), hi_shifted.eq(hi << k),
+                                     spill.eq(Cat(lo[low - k:], carry).as_signed())]
         else:
-            m.d.comb += acc_next.eq(acc + term)
+            m.d.comb += [lo_shifted.eq(lo), hi_shifted.eq(hi), spill.eq(carry)]
+        term_low = Signal(signed(low))  # the term sign-extended over the low half
+        m.d.comb += term_low.eq(term)
+        lo_sum = Signal(low + 1)
+        m.d.comb += lo_sum.eq(lo_shifted + term_low.as_unsigned())
+        lo_next, hi_next, carry_next = Signal(low), Signal(signed(high)), Signal(signed(2))
+        m.d.comb += [lo_next.eq(lo_sum[:low]), hi_next.eq(hi_shifted + spill),
+                     carry_next.eq(lo_sum[low] - term[-1])]
         with m.If(self.first):
-            m.d.sync += acc.eq(0)
+            m.d.sync += [lo.eq(0), hi.eq(0), carry.eq(0)]
         with m.Else():
-            m.d.sync += acc.eq(acc_next)
-        result = Signal(signed(self._acc_width), reset_less=True)
+            m.d.sync += [lo.eq(lo_next), hi.eq(hi_next), carry.eq(carry_next)]
+        # The result keeps the halves and the carry; the carry is added into the high half
+        # on the way out (an adder outside the recurrence, read by the output stage).
+        res_lo = Signal(low, reset_less=True)
+        res_hi = Signal(signed(high), reset_less=True)
+        res_carry = Signal(signed(2), reset_less=True)
         with m.If(last):
-            m.d.sync += result.eq(acc_next)
-        m.d.comb += self.result.eq(result)
+            m.d.sync += [res_lo.eq(lo_next), res_hi.eq(hi_next), res_carry.eq(carry_next)]
+        res_hi_total = Signal(signed(high))
+        m.d.comb += [res_hi_total.eq(res_hi + res_carry),
+                     self.result.eq(Cat(res_lo, res_hi_total).as_signed())]
         return m

@@ -106,22 +106,33 @@ def test_gain_format_rejects_bad_gains(rejects):
     rejects(ValueError, "gains must be non-zero, not 0", GainFormat, [0, 1])
 
 
-@pytest.mark.parametrize("simd", [1, 4, 16])
-def test_pe_horner_steps(simd):
-    """Horner format: before a beat the accumulator doubles ``step`` times, then adds +-count."""
-    rng = np.random.default_rng(simd)
+def _wrap(value: int, width: int) -> int:
+    """``value`` as a ``width``-bit two's complement number."""
+    value &= (1 << width) - 1
+    return value - (1 << width) if value >> (width - 1) else value
+
+
+@pytest.mark.parametrize("simd,acc_width,sum_every", [(1, 24, 4), (4, 24, 4), (16, 24, 4), (4, 10, 12)])
+def test_pe_horner_steps(simd, acc_width, sum_every):
+    """Horner format: before a beat the accumulator doubles ``step`` times, then adds +-count.
+
+    The accumulator is split in halves with a pending carry (``low_width``); the
+    10-bit case runs long sums that cross the halves' boundary and wrap the width."""
+    rng = np.random.default_rng(simd + acc_width)
     fmt = GainFormat.horner(3)
-    pe = XnorPopcountPE(simd, 24, fmt)
+    pe = XnorPopcountPE(simd, acc_width, fmt)
+    assert pe.low_width is not None
     mask = (1 << simd) - 1
-    beats, want, acc, first = [], [], 0, True
-    for i in range(40):
+    beats, want, acc, first, biggest = [], [], 0, True, 0
+    for i in range(120):
         a, w = (int(rng.integers(0, mask + 1)) for _ in range(2))
-        last = bool(rng.integers(0, 4) == 0) or i == 39
+        last = bool(rng.integers(0, sum_every) == 0) or i == 119
         negative, step = bool(rng.integers(0, 2)), int(rng.integers(0, 4))
         term = (-1 if negative else 1) * bin(a ^ w).count("1")
         acc = term if first else (acc << step) + term
+        biggest = max(biggest, abs(acc))
         if last:
-            want.append(acc)
+            want.append(_wrap(acc, acc_width))
         beats.append((a, w, first, last, (negative, step)))
         first = last
     d, lat = pe.popcount_depth, pe.latency
@@ -150,6 +161,7 @@ def test_pe_horner_steps(simd):
     sim.add_testbench(tb)
     sim.run()
     assert got == want
+    assert biggest >= 1 << pe.low_width  # the sums carried into the high half
 
 
 def test_horner_format_refuses_bad_steps(rejects):
