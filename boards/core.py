@@ -15,10 +15,13 @@ __all__ = ["BoardCore", "load_cycles_per_pixel"]
 
 
 def load_cycles_per_pixel(plan) -> int:
-    """Cycles the accelerator's loader spends on one pixel: one per bit plane, times the
-    first layer's window taps when it loads an im2col image (as hw.json's protocol says)."""
+    """Cycles the accelerator's loader spends on one pixel: two per bit plane (each bit is
+    merged into its memory word), times the first layer's window taps when it loads an
+    im2col image (as hw.json's protocol says)."""
+    from binforge.hw.accelerator import LOAD_CYCLES_PER_BIT
+
     im2col = getattr(plan.input_layout, "im2col", None) if hasattr(plan, "input_layout") else None
-    return 8 * (im2col.kernel ** 2 if im2col else 1)
+    return LOAD_CYCLES_PER_BIT * 8 * (im2col.kernel ** 2 if im2col else 1)
 
 
 class BoardCore(wiring.Component):

@@ -5,9 +5,9 @@ Two estimates, both from the hardware plan (:func:`binforge.hw.plan.plan_network
 - memory: each of the accelerator's memories (weight ROM, threshold/bias ROM, the two
   activation buffers and the im2col image memory, once per array column, the logits,
   the window generator's op table) is cut into the device's block RAMs in the best of
-  their width x depth configurations, counting only the bits a block can write one at
-  a time where the memory is written bit by bit (ECP5 and Xilinx block RAMs have one
-  write enable per byte lane);
+  their width x depth configurations (the activation memories are written a whole word
+  at a time; :func:`bram_blocks` also counts memories written in narrower groups, as
+  ECP5 and Xilinx block RAMs have one write enable per byte lane);
 - logic: the calibration of a bare XNOR-popcount PE array built with the same flow
   (cells or LUTs per lane, per accumulator bit) plus the measured cost of the rest
   of the design (sequencer, pool engine, UART, host link) — see docs/boards.md.
@@ -40,8 +40,9 @@ BRAM_SHAPES: dict[str, tuple[tuple[int, int], ...]] = {
 #: byte lane. A memory written with a granularity of g bits stores at most
 #: ``enables * min(g, width // enables)`` bits per word of such a block (a buffer
 #: written bit by bit: 2 bits per 1024x18 DP16KD, measured in a ULX3S build, RESULTS
-#: "The PaBT Fashion-MNIST network on the boards"). iCE40 block RAMs have a per-bit
-#: write mask (no entry: every bit is writable on its own).
+#: "The PaBT Fashion-MNIST network on the boards"; the accelerator's memories are now
+#: written whole words, RESULTS "Whole-word buffer writes"). iCE40 block RAMs have a
+#: per-bit write mask (no entry: every bit is writable on its own).
 BRAM_WRITE_ENABLES: dict[str, dict[int, int]] = {
     "ecp5": {36: 4, 18: 2, 9: 1, 4: 1, 2: 1, 1: 1},
     "xilinx7": {72: 8, 36: 4, 18: 2, 9: 1, 4: 1, 2: 1, 1: 1},
@@ -185,14 +186,14 @@ def _memories(plan) -> list[tuple[str, str, int, int, int, int | None]]:
     memories = [
         ("weights", "rom", plan.rows * s, int(len(plan.weight_rom)), 1, None),
         ("thresholds_and_biases", "rom", plan.const_width, int(len(plan.const_rom)), 1, None),
-        # Each activation buffer is replicated once per array column and written bit by
-        # bit (the output stage's bits land in their channels' lanes).
-        ("activations_0", "ram", s, plan.buffer_depths[0], plan.cols, 1),
-        ("activations_1", "ram", s, plan.buffer_depths[1], plan.cols, 1),
+        # Each activation buffer is replicated once per array column and written a whole
+        # S-bit word at a time (the sequencer merges partial writes: hw/sequencer.py).
+        ("activations_0", "ram", s, plan.buffer_depths[0], plan.cols, None),
+        ("activations_1", "ram", s, plan.buffer_depths[1], plan.cols, None),
     ]
     if plan.image_depth:
         # The im2col pixel tensor: a memory of its own per column, like the buffers.
-        memories.append(("image", "ram", s, plan.image_depth, plan.cols, 1))
+        memories.append(("image", "ram", s, plan.image_depth, plan.cols, None))
     memories += [
         ("logits", "ram", OUT_DATA_WIDTH, plan.logits_depth, 1, None),
         ("op_table", FORCED_BLOCK, _op_table_width(plan), n_ops, 1, None),

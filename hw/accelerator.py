@@ -14,10 +14,13 @@ from binforge.compiler.ir import INPUT_PLANES, Network
 from .plan import DEFAULT_GAIN_MODE, DEFAULT_RELAY, OUT_DATA_WIDTH, NetworkPlan, plan_network
 from .sequencer import LayerSequencer, debug_signature
 
-__all__ = ["Accelerator", "ResultLayout", "CYCLES_WIDTH"]
+__all__ = ["Accelerator", "ResultLayout", "CYCLES_WIDTH", "LOAD_CYCLES_PER_BIT"]
 
 #: Width of the cycle counter.
 CYCLES_WIDTH = 32
+#: Cycles the image loader spends on one bit: the sequencer merges it into its word
+#: (reads the word, writes it back whole), so the loader's writes are two cycles apart.
+LOAD_CYCLES_PER_BIT = 2
 
 #: One transfer of the result stream: the class index first, then every logit (signed,
 #: in the IR's (C, H, W) order); ``last`` marks the final logit.
@@ -62,8 +65,10 @@ class Accelerator(wiring.Component):
         The sequencer's debug tap: the running layer, its start, and its writes.
 
     Latency: ``cycles`` equals :func:`~binforge.hw.plan.analytic_cycles` ``["total"]``.
-    Loading takes 8 cycles per pixel (one per bit plane), or ``8 * k * k`` when the first
-    layer reads its windows from an im2col image memory, plus the source's stalls.
+    Loading takes 16 cycles per pixel (two per bit plane: each bit is merged into its
+    memory word, read and written back whole), or ``16 * k * k`` when the first layer reads
+    its windows from an im2col image memory, plus the source's stalls
+    (:data:`LOAD_CYCLES_PER_BIT`).
     """
 
     def __init__(self, net: Network, rows: int, cols: int, simd: int, relay: int = DEFAULT_RELAY,
@@ -148,10 +153,16 @@ class Accelerator(wiring.Component):
             last_tap = (ky == kernel - 1) & (kx == kernel - 1)
             fill = Const(0)
         lane = bit_addr[:log_s] if log_s else 0
+        # One bit every other cycle: the sequencer merges each into its word (reads the
+        # word, writes it back whole the next cycle), so its requests are two cycles apart.
+        # ``go``: this cycle takes a bit; ``rest``: the cycle after one that did.
+        go, rest = Signal(), Signal()
+        m.d.comb += go.eq(have & ~rest)
+        m.d.sync += rest.eq(go)
         # The writes are registered (the address adders get a cycle of their own).
         m.d.sync += [seq.load_addr.eq(bit_addr >> log_s),
                      seq.load_data.eq(bit << lane),
-                     seq.load_we.eq(have & valid)]
+                     seq.load_we.eq(go & valid)]
         with m.If(fill):
             m.d.sync += seq.load_en.eq(((1 << s) - 1) << lane)
         with m.Else():
@@ -178,15 +189,15 @@ class Accelerator(wiring.Component):
                     m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += [self.busy.eq(1),
-                             self.pixels.ready.eq(~have | (last_plane & last_tap & ~last_pixel))]
-                with m.If(have & ~last_tap):
+                             self.pixels.ready.eq(~have | (go & last_plane & last_tap & ~last_pixel))]
+                with m.If(go & ~last_tap):
                     # im2col: the next window tap of this pixel and plane
                     if im2col is not None:
                         with m.If(kx == kernel - 1):
                             m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
                         with m.Else():
                             m.d.sync += kx.eq(kx + 1)
-                with m.Elif(have):
+                with m.Elif(go):
                     if im2col is not None:
                         m.d.sync += [kx.eq(0), ky.eq(0)]
                     with m.If(last_plane):

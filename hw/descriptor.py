@@ -87,7 +87,7 @@ class DescriptorFormat:
             pad_full = (1 << s) - 1
             pad_last = (1 << (p.in_c - (p.cw_in - 1) * s)) - 1
         compute = {
-            "affine": int(p.affine),
+            "affine": int(p.affine), "rmw": int(p.rmw),
             "opl": p.ops - 1, "op_base": self._op_base(p.index),
             "khl": p.kh - 1, "kwl": p.kw - 1, "cwl": cw - 1,
             "cgl": p.channel_groups - 1, "pgl": p.position_groups - 1,
@@ -122,7 +122,7 @@ class DescriptorFormat:
 
     def _blank(self) -> dict:
         cols = self.plan.cols
-        keys = ["affine", "opl", "op_base", "khl", "kwl", "cwl", "cgl", "pgl", "weight_base",
+        keys = ["affine", "rmw", "opl", "op_base", "khl", "kwl", "cwl", "cgl", "pgl", "weight_base",
                 "weight_group_step", "tap_row_step", "in_h", "in_w", "adv_dx", "adv_wrap_at",
                 "adv_dx_wrap", "adv_dy", "adv_dy1", "adv_base", "adv_base_wrap", "pad_full", "pad_last",
                 "guard_full", "guard_last", "last_colsl", "planesl", "drain_wordsl", "out_dense",

@@ -50,6 +50,8 @@ class OutputStage(wiring.Component):
         Pulse: the array's results of the next group are ready.
     act_addr, act_data, act_en : Out
         Activation write (address, S data bits, S lane enables); ``act_we`` says it is valid.
+        The lane enables cover the whole word or none of it, except in a read-modify-write
+        layer (``desc.rmw``), whose writes come every other cycle at most.
     act_we : Out(1)
     logit_addr, logit_data, logit_we : Out
         Logits memory write.
@@ -61,9 +63,11 @@ class OutputStage(wiring.Component):
         for the affine layer ``ARGMAX_TAIL_CYCLES`` later, once the argmax has decided.
 
     Latency: a group's reads start the cycle after ``group_done`` and take ``drain``
-    cycles (the plan records them); its last write is issued 4 cycles after its last read
-    (result/constant read, compare halves, compare/logit, lane placement), with ``drained`` (affine layer:
-    ``ARGMAX_TAIL_CYCLES`` later).
+    cycles (the plan records them; a read-modify-write layer, ``desc.rmw``, reads every
+    other cycle and its drain ends with the cycle after its last read); its last write is
+    issued 4 cycles after its last read (result/constant read, compare halves,
+    compare/logit, lane placement), with ``drained`` (affine layer: ``ARGMAX_TAIL_CYCLES``
+    later; rmw layer: one cycle later, when the sequencer writes the merged word).
     """
 
     def __init__(self, plan, descriptor, act_addr_width: int):
@@ -138,17 +142,25 @@ class OutputStage(wiring.Component):
 
         col_done = Signal()
         m.d.comb += col_done.eq(col == last_cols)
-        finishing = Signal()  # the group's last read is issued this cycle
+        # Read-modify-write layers (``desc.rmw``): each read is followed by a cycle in which
+        # the counters step and nothing is read, so that the sequencer's merge of one write
+        # (read its word, write it back) never meets the next write's read.
+        hold = Signal()  # the cycle after a read of an rmw layer
+        step = Signal()  # the counters advance this cycle
+        m.d.comb += step.eq(~desc.rmw | hold)
+        finishing = Signal()  # the group's drain ends this cycle (its last read, or the hold after it)
         with m.If(desc.affine):
             m.d.comb += finishing.eq(busy & col_done & (row == rows - 1))
         with m.Else():
-            m.d.comb += finishing.eq(busy & col_done & (word == desc.drain_wordsl) & (plane == desc.planesl))
+            m.d.comb += finishing.eq(busy & step & col_done & (word == desc.drain_wordsl)
+                                     & (plane == desc.planesl))
 
         with m.If(self.layer_start):
             m.d.sync += [busy.eq(0), pg.eq(0), cg.eq(0), cg_r.eq(0), pg_acc.eq(0), idx_cg.eq(0),
                          pos_aff.eq(0), const_group.eq(desc.const_base)]
         with m.Elif(self.group_done):
-            m.d.sync += [busy.eq(1), col.eq(0), row.eq(0), word.eq(0), plane.eq(0), const_addr.eq(const_group),
+            m.d.sync += [busy.eq(1), hold.eq(0), col.eq(0), row.eq(0), word.eq(0), plane.eq(0),
+                         const_addr.eq(const_group),
                          plane_base.eq(pg_acc + cg_r), bit_addr.eq(pg_acc + cg_r), idx_row.eq(idx_cg),
                          rows_valid.eq(Mux(desc.out_c - cg_r >= rows, rows, desc.out_c - cg_r))]
         with m.Elif(busy):
@@ -158,7 +170,7 @@ class OutputStage(wiring.Component):
                     m.d.sync += [row.eq(0), col.eq(col + 1), idx_row.eq(idx_cg)]
                 with m.Else():
                     m.d.sync += [row.eq(row + 1), idx_row.eq(idx_row + desc.hw_out)]
-            with m.Else():
+            with m.Elif(step):
                 # plane outer, column, word inner
                 with m.If(word == desc.drain_wordsl):
                     m.d.sync += word.eq(0)
@@ -170,6 +182,7 @@ class OutputStage(wiring.Component):
                         m.d.sync += [col.eq(col + 1), bit_addr.eq(bit_addr + desc.out_pos_stride)]
                 with m.Else():
                     m.d.sync += word.eq(word + 1)
+            m.d.sync += hold.eq(desc.rmw & ~hold)
             with m.If(finishing):
                 m.d.sync += busy.eq(0)
                 with m.If(cg_last):
@@ -198,7 +211,7 @@ class OutputStage(wiring.Component):
         last_valid_word = (start_lane + rows_valid - 1) >> log_s
         pos_last = pg_last & col_done
         fill = cg_last & (~desc.out_dense | pos_last) & (word == last_valid_word)
-        m.d.sync += [d1_valid.eq(busy & ~self.layer_start), d1_affine.eq(desc.affine), d1_row.eq(row),
+        m.d.sync += [d1_valid.eq(busy & ~hold & ~self.layer_start), d1_affine.eq(desc.affine), d1_row.eq(row),
                      d1_addr.eq((bit_addr >> log_s) + word),
                      d1_offset.eq(start_lane - word * s), d1_fill.eq(fill),
                      d1_idx.eq(idx_row + pos_aff + col), d1_last.eq(finishing & cg_last & pg_last),

@@ -44,7 +44,8 @@ __all__ = ["GAIN_MODES", "DEFAULT_GAIN_MODE", "signed_digits", "expand_gains", "
            "ComputePlan", "PoolPlan", "NetworkPlan", "TensorLayout", "plan_network", "tensor_layouts",
            "analytic_cycles",
            "OUT_DATA_WIDTH", "DEFAULT_RELAY", "LAYER_LOAD_CYCLES", "OP_REGISTER_CYCLES", "READ_REGISTER_CYCLES",
-           "DRAIN_TAIL_CYCLES", "ARGMAX_TAIL_CYCLES", "POOL_TAIL_CYCLES"]
+           "DRAIN_TAIL_CYCLES", "ARGMAX_TAIL_CYCLES", "POOL_TAIL_CYCLES", "RMW_DRAIN_FACTOR",
+           "partial_word_writes"]
 
 #: Width of the result stream's data: the class index and every logit fit in it.
 OUT_DATA_WIDTH = 32
@@ -74,6 +75,11 @@ DRAIN_TAIL_CYCLES = 5
 ARGMAX_TAIL_CYCLES = 1
 #: Pool engine: read latency + write register.
 POOL_TAIL_CYCLES = 2
+#: A layer whose activation writes cover part of a word (``ComputePlan.rmw``): the
+#: memories are written whole words only, so such a write reads its word in one cycle
+#: and writes it merged in the next; the output stage then drains a word every other
+#: cycle (its drain cycles, and the guard they set, are doubled).
+RMW_DRAIN_FACTOR = 2
 
 
 def _check_positive(name, value):
@@ -133,6 +139,11 @@ class ComputePlan:
     weight_words: np.ndarray = field(repr=False)
     const_rows: np.ndarray = field(repr=False)
     affine: bool = False
+    #: Some of the layer's activation writes cover only part of a word (fewer than S
+    #: channels of a position per write: R < S, R not a multiple of S, a dense output):
+    #: the sequencer merges each into the word it reads back first (read-modify-write),
+    #: so the output stage drains one word every other cycle (:data:`RMW_DRAIN_FACTOR`).
+    rmw: bool = False
 
     kind = "compute"
 
@@ -363,6 +374,40 @@ def horner_steps(ops) -> tuple[tuple[tuple[int, int], ...], int]:
     return steps, exps[-1]
 
 
+def partial_word_writes(rows: int, simd: int, out_c: int, positions: int, pos_stride: int,
+                        dense: bool, drain_words: int) -> bool:
+    """Whether the output stage writes part of a word anywhere in a layer's output.
+
+    Mirrors the output stage's lane enables: a write of channel group ``cg`` at a
+    position covers lanes ``start + r`` (its valid rows), and the layer's last channel
+    group also clears the lanes above its channels (padded layout: each position's last
+    word; dense layout: the plane's last word). Planes start on a word, so they all write
+    the same lanes.
+    """
+    full = (1 << simd) - 1
+    groups = math.ceil(out_c / rows)
+    for cg in range(groups):
+        valid = min(rows, out_c - cg * rows)
+        seen = set()
+        for pos in range(positions):
+            start = (pos * pos_stride + cg * rows) % simd
+            pos_last = pos == positions - 1
+            key = (start, pos_last)
+            if key in seen:
+                continue
+            seen.add(key)
+            last_word = (start + valid - 1) // simd
+            for word in range(drain_words):
+                offset = start - word * simd
+                fill = cg == groups - 1 and (not dense or pos_last) and word == last_word
+                lo = max(0, offset)
+                hi = simd if fill else min(simd, offset + valid)
+                mask = ((1 << hi) - (1 << lo)) if hi > lo else 0
+                if mask not in (0, full):
+                    return True
+    return False
+
+
 def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_base,
                   in_layout: TensorLayout, out_layout: TensorLayout | None, gain_mode: str):
     in_c, in_h, in_w = layer.in_shape.as_tuple()
@@ -444,6 +489,7 @@ def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_b
 
     # Drain cycles per group: threshold layers write planes x columns x words (the words
     # a column's R bits touch, at most); the affine layer writes one logit per column x row.
+    rmw = False
     if affine:
         drain_words = 0
         drain_full = cols * rows
@@ -459,8 +505,10 @@ def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_b
             starts = {(pos * out_pos_stride + cg * rows) % simd for pos in range(positions)}
             for start in starts:
                 drain_words = max(drain_words, (start + valid - 1) // simd + 1)
-        drain_full = out_planes * drain_words * cols
-        drain_last = out_planes * drain_words * last_cols
+        rmw = partial_word_writes(rows, simd, out_c, positions, out_pos_stride, out_dense, drain_words)
+        factor = RMW_DRAIN_FACTOR if rmw else 1
+        drain_full = out_planes * drain_words * cols * factor
+        drain_last = out_planes * drain_words * last_cols * factor
     guard_full = max(0, drain_full + max_skew + 1 - beats)
     guard_last = max(0, drain_last + max_skew + 1 - beats)
     plane_offsets = tuple(op.act_plane * in_layout.plane_words for op in ops)
@@ -476,7 +524,7 @@ def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_b
         weight_offsets=weight_offsets, weight_group_step=len(used) * taps_words,
         steps=steps, e_last=e_last,
         gains=tuple(op.gain for op in ops), weight_words=np.array(words, dtype=object),
-        const_rows=np.array(rows_out, dtype=object).reshape(len(rows_out), rows, 3), affine=affine,
+        const_rows=np.array(rows_out, dtype=object).reshape(len(rows_out), rows, 3), affine=affine, rmw=rmw,
         **geometry,
     )
 

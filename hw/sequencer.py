@@ -69,7 +69,8 @@ class LayerSequencer(wiring.Component):
         Pulse: the logits and ``class_index`` are ready.
     load_addr, load_data, load_en, load_we : In
         Image write while idle, into buffer 0 or the image memory (word address, S bits,
-        S lane enables).
+        S lane enables): merged into its word (read in this cycle, written in the next),
+        so two such writes must be at least two cycles apart.
     logit_addr : In(logit address width)
         Logits memory read address; ``logit_data`` follows one cycle later.
     logit_data : Out(32)
@@ -203,11 +204,33 @@ class LayerSequencer(wiring.Component):
         m.d.comb += output.layer_start.eq(output_start)
 
         # ---- Stage B: memory reads, pad select -> array ----------------------------------
+        # Every activation memory is written a whole S-bit word at a time (a block RAM then
+        # holds S bits of every word, not one bit per write enable). A write that changes
+        # part of a word (the image loader's bits; the output stage in a layer whose writes
+        # cover fewer than S lanes, ``desc.rmw``) is merged: its word is read from column
+        # 0's copy in the request cycle and written back merged in the next one (the
+        # writers space such requests two cycles apart at least, so a merge's read never
+        # meets a write).
+        #
+        # No read whose data is used meets a write of the same memory: a layer reads its
+        # source and writes its destination (never the same memory), the loader writes
+        # while no layer runs, and a merge reads between writes. Each read port's data
+        # register is therefore enabled only in cycles without a write to its memory:
+        # Yosys sees the two enables exclusive, leaves the collision a don't-care and adds
+        # no read-first/transparency logic around the block RAM (an asynchronous read port
+        # and this register are what it merges into the block RAM's read port).
         aw = self._act_aw
         image = bool(plan.image_depth)  # a separate image memory (im2col pixel tensor)
         n_mems = 3 if image else 2
+        loaded = 2 if image else 0  # the memory the image loader writes
+        rmw_layers = any(p.kind == "compute" and p.rmw for p in plan.layers)
+        mergeable = sorted({loaded, *((0, 1) if rmw_layers else ())})
+        write_en = [Signal(name=f"mem{b}_write") for b in range(n_mems)]
+        write_addr = Signal(aw)
+        write_data = Signal(s)
+        merge_read = [Signal(name=f"mem{b}_merge_read") for b in range(n_mems)]
+        request_addr = Signal(aw)
         read_data = [[None] * cols for _ in range(n_mems)]
-        write_ports = [[None] * cols for _ in range(n_mems)]
         for b in range(n_mems):
             for c in range(cols):
                 if b == 2:
@@ -217,18 +240,24 @@ class LayerSequencer(wiring.Component):
                 else:
                     mem = memory.Memory(shape=unsigned(s), depth=plan.buffer_depths[b], init=[])
                     m.submodules[f"buffer{b}_col{c}"] = mem
-                rd = mem.read_port()
-                wr = mem.write_port(granularity=1)
+                rd = mem.read_port(domain="comb")
+                wr = mem.write_port()
+                m.d.comb += [wr.addr.eq(write_addr), wr.data.eq(write_data), wr.en.eq(write_en[b])]
+                data = Signal(s, name=f"mem{b}_col{c}_data", reset_less=True)
+                with m.If(~write_en[b]):
+                    m.d.sync += data.eq(rd.data)
                 addr = window.addr[c * aw:(c + 1) * aw]
-                if c == 0 and pool is not None:
-                    addr = Signal(aw, name=f"buffer{b}_read_addr")
-                    with m.If(desc.pool):
-                        m.d.comb += addr.eq(pool.rd_addr)
-                    with m.Else():
-                        m.d.comb += addr.eq(window.addr[:aw])
+                if c == 0 and (pool is not None or b in mergeable):
+                    addr = Signal(aw, name=f"mem{b}_read_addr")
+                    m.d.comb += addr.eq(window.addr[:aw])
+                    if pool is not None and b < 2:
+                        with m.If(desc.pool):
+                            m.d.comb += addr.eq(pool.rd_addr)
+                    if b in mergeable:
+                        with m.If(merge_read[b]):
+                            m.d.comb += addr.eq(request_addr)
                 m.d.comb += rd.addr.eq(addr)
-                read_data[b][c] = rd.data
-                write_ports[b][c] = wr
+                read_data[b][c] = data
         # The weight ROM is read one cycle after the activation memories (its address
         # waits in a register): its data meets the activations after their read register.
         weight_addr_r = Signal.like(window.weight_addr)
@@ -278,21 +307,49 @@ class LayerSequencer(wiring.Component):
                 m.d.comb += pool.rd_data.eq(read_data[1][0])
 
         # ---- Writes: the image loader (idle), the output stage, the pool engine ------------
-        loaded = 2 if image else 0  # the memory the image loader writes
+        # This cycle's request: memory, address, data, lane enables; ``merge``: read the
+        # word now, write it merged in the next cycle (``pending``).
+        request_we = Signal()
+        request_merge = Signal()
+        request_mem = Signal(2)
+        request_data = Signal(s)
+        request_en = Signal(s)
+        with m.If(~self.busy):
+            m.d.comb += [request_we.eq(self.load_we), request_merge.eq(1), request_mem.eq(loaded),
+                         request_addr.eq(self.load_addr), request_data.eq(self.load_data),
+                         request_en.eq(self.load_en)]
+        with m.Else():
+            # The output stage's lane enables cover all lanes or none, except in rmw layers.
+            m.d.comb += [request_we.eq(output.act_we & (desc.rmw | output.act_en[0])),
+                         request_merge.eq(desc.rmw), request_mem.eq(desc.dst),
+                         request_addr.eq(output.act_addr), request_data.eq(output.act_data),
+                         request_en.eq(output.act_en)]
+            if pool is not None:
+                with m.If(desc.pool):
+                    m.d.comb += [request_we.eq(pool.wr_we), request_merge.eq(0),
+                                 request_addr.eq(pool.wr_addr), request_data.eq(pool.wr_data)]
+        pending = Signal()
+        pending_mem = Signal(2)
+        pending_addr = Signal(aw)
+        pending_data = Signal(s)
+        pending_en = Signal(s)
+        m.d.sync += [pending.eq(request_we & request_merge), pending_mem.eq(request_mem),
+                     pending_addr.eq(request_addr), pending_data.eq(request_data), pending_en.eq(request_en)]
+        old = Signal(s)  # the pending word as read (column 0's copy)
+        with m.Switch(pending_mem):
+            for b in mergeable:
+                with m.Case(b):
+                    m.d.comb += old.eq(read_data[b][0])
         for b in range(n_mems):
-            for c in range(cols):
-                wr = write_ports[b][c]
-                if b == loaded:
-                    with m.If(~self.busy):
-                        m.d.comb += [wr.addr.eq(self.load_addr), wr.data.eq(self.load_data),
-                                     wr.en.eq(self.load_en & self.load_we.replicate(s))]
-                if b == 2:
-                    continue
-                with m.If(self.busy & (desc.dst == b)):
-                    m.d.comb += [wr.addr.eq(output.act_addr), wr.data.eq(output.act_data),
-                                 wr.en.eq(output.act_en & output.act_we.replicate(s))]
-                    if pool is not None:
-                        with m.If(desc.pool):
-                            m.d.comb += [wr.addr.eq(pool.wr_addr), wr.data.eq(pool.wr_data),
-                                         wr.en.eq(pool.wr_we.replicate(s))]
+            hit = request_mem == b
+            if b in mergeable:
+                m.d.comb += merge_read[b].eq(request_we & request_merge & hit)
+                direct = request_we & ~request_merge & hit
+                m.d.comb += write_en[b].eq(direct | (pending & (pending_mem == b)))
+            elif b < 2:
+                m.d.comb += write_en[b].eq(request_we & ~request_merge & hit)
+        m.d.comb += [write_addr.eq(request_addr), write_data.eq(request_data)]
+        with m.If(pending):
+            m.d.comb += [write_addr.eq(pending_addr),
+                         write_data.eq((old & ~pending_en) | (pending_data & pending_en))]
         return m

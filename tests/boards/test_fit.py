@@ -1,4 +1,4 @@
-"""The fit estimate's memories: bit-written buffers, the im2col image memory, the op table."""
+"""The fit estimate's memories: write granularity, whole-word buffers, the im2col image memory, the op table."""
 
 from __future__ import annotations
 
@@ -49,6 +49,21 @@ def test_estimate_counts_the_image_memory_and_the_op_table(net):
         for name in ("activations_0", "activations_1", "image"):
             m = needs[name]
             if not m.in_logic:
-                assert m.blocks == 2 * bram_blocks(board.family, m.width, m.depth, 1)
+                # written a whole word at a time (the sequencer merges partial writes)
+                assert m.blocks == 2 * bram_blocks(board.family, m.width, m.depth)
         assert estimate.bram_blocks == sum(m.blocks for m in estimate.memories)
 
+
+
+def test_whole_word_activation_memories_on_ecp5():
+    # The PaBT Fashion-MNIST network's memories at S = 32 (32 x 784 buffers, a 32 x 6272
+    # image memory per column) take 2 + 2 + 13 DP16KD per column written whole words (bit
+    # by bit they took 16 + 16 + 32).
+    plan = plan_network(random_network(3), 4, 3, 32)
+    board = get_board("ulx3s-85f")
+    needs = {m.name: m for m in estimate_fit(plan, board).memories}
+    for name in ("activations_0", "activations_1", "image"):
+        m = needs[name]
+        assert m.copies == 3
+        assert m.in_logic or m.blocks == 3 * bram_blocks("ecp5", 32, m.depth)
+    assert [bram_blocks("ecp5", 32, d) for d in (784, 784, 6272)] == [2, 2, 13]

