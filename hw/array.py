@@ -42,6 +42,9 @@ class XnorPopcountArray(wiring.Component):
         Gains the PEs apply.
     relay : int
         PEs driven by one relay register (default 4), positive.
+    tree : str
+        The PEs' popcount tree (:class:`~binforge.hw.pe.XnorPopcountPE`): ``"auto"``
+        (default; carry-chain adders on ECP5), ``"adders"`` or ``"ccu2c"``.
 
     Members
     -------
@@ -69,7 +72,7 @@ class XnorPopcountArray(wiring.Component):
     """
 
     def __init__(self, rows: int, cols: int, simd: int, acc_width: int, gain_format: GainFormat,
-                 relay: int = 4):
+                 relay: int = 4, tree: str = "auto"):
         _check_positive("rows", rows)
         _check_positive("cols", cols)
         if not isinstance(simd, int) or isinstance(simd, bool) or simd < 1 or simd & (simd - 1):
@@ -80,7 +83,7 @@ class XnorPopcountArray(wiring.Component):
         self._acc_width = acc_width
         self._gain_format = gain_format
         # Build the PEs now, so that bad widths fail here, with the PE's message.
-        self._pes = [[XnorPopcountPE(simd, acc_width, gain_format) for _ in range(cols)]
+        self._pes = [[XnorPopcountPE(simd, acc_width, gain_format, tree) for _ in range(cols)]
                      for _ in range(rows)]
         super().__init__({
             "act": In(cols * simd),

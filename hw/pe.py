@@ -8,11 +8,15 @@ constant (``acc = bias + K * sum(gains) - 2 * result``), so the PE needs neither
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Instance, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["GainFormat", "XnorPopcountPE", "popcount_depth"]
+
+#: Popcount trees: ``"adders"`` (generic logic), ``"ccu2c"`` (ECP5 carry chains; plain logic
+#: with the primitive's behaviour elsewhere, for simulation), ``"auto"`` (``"ccu2c"`` on ECP5).
+_TREES = ("auto", "adders", "ccu2c")
 
 
 def popcount_depth(simd: int) -> int:
@@ -22,6 +26,142 @@ def popcount_depth(simd: int) -> int:
 
 def _is_power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
+
+
+def _is_ecp5(platform) -> bool:
+    return getattr(platform, "family", None) == "ecp5"
+
+
+#: CCU2C position functions (LUT4 ``INIT``, input index ``D*8 + C*4 + B*2 + A``). A position
+#: propagates ``P = INIT[DCBA]`` and, where ``P`` is 0, generates ``G = INIT[00BA]``.
+#: ``_ADD``: ``P = A^B^C^D``, so ``G = A^B``: the position adds the bits ``A^B`` and ``C^D``
+#: (a register bit with its partner pin tied to 0, or an XNOR lane's two input bits).
+#: ``_FEED`` (with ``C = 0, D = 1``): ``P = 0``, ``G = A^B``: the position passes the
+#: carry in to its sum and sends the bit ``A^B`` up the chain as the next adder's carry in.
+_ADD, _FEED = 0x6996, 0x0006
+
+
+class _CarryChains:
+    """Adders laid out on CCU2C carry chains, two positions per CCU2C (ECP5).
+
+    Each adder ``X + Y + cin`` takes ``max(len(X), len(Y))`` positions and one more that
+    outputs its carry and feeds the next adder's ``cin`` into the chain, so a full adder of
+    three XNOR lanes costs two positions (one LUT4 each) and no XOR of its own. Off ECP5
+    the same chains are built from plain logic with the primitive's behaviour, so the
+    simulator checks the layout bit for bit.
+    """
+
+    def __init__(self, max_positions: int = 16):
+        self._chains = [[]]
+        self._max = max_positions
+
+    def add(self, x, y, cin) -> list:
+        """Queue ``x + y + cin``; operand bits are tuples of signals XORed together (at
+        most 2), ``cin`` one such tuple or ``()``. Returns a list that :meth:`emit` fills
+        with the sum bits (LSB first, ``max(len(x), len(y)) + 1`` of them)."""
+        if len(x) < len(y):
+            x, y = y, x
+        chain = self._chains[-1]
+        if chain and len(chain) + len(x) + 1 > self._max:
+            chain = []
+            self._chains.append(chain)
+        if not chain:
+            chain.append([_FEED, (), (), None])
+        chain[-1][1] = cin  # the previous position feeds this adder's carry in
+        out = []
+        for i, xi in enumerate(x):
+            yi = y[i] if i < len(y) else ()
+            chain.append([_ADD, xi, yi, out])
+        chain.append([_FEED, (), (), out])  # the carry out; feeds the next adder
+        return out
+
+    def emit(self, m, platform, name: str) -> int:
+        """Build the chains; returns the number of CCU2C cells."""
+        zero, one = Const(0, 1), Const(1, 1)
+        cells = 0
+        for k, chain in enumerate(self._chains):
+            if len(chain) % 2:
+                chain.append([_FEED, (), (), None])
+            carry = zero
+            for j in range(0, len(chain), 2):
+                pins = {}
+                for h, (init, ab, cd, out) in enumerate(chain[j:j + 2]):
+                    a, b = (list(ab) + [zero, zero])[:2]
+                    c, d = (list(cd) + [zero, zero])[:2] if init == _ADD else (zero, one)
+                    s = Signal(name=f"{name}{k}_s{j + h}")
+                    pins[h] = (init, a, b, c, d, s)
+                    if out is not None:
+                        out.append(s)
+                cout = Signal(name=f"{name}{k}_c{j // 2}")
+                if _is_ecp5(platform):
+                    m.submodules[f"{name}{k}_{j // 2}"] = Instance(
+                        "CCU2C",
+                        p_INIT0=Const(pins[0][0], 16), p_INIT1=Const(pins[1][0], 16),
+                        p_INJECT1_0="NO", p_INJECT1_1="NO",
+                        i_CIN=carry, i_A0=pins[0][1], i_B0=pins[0][2], i_C0=pins[0][3],
+                        i_D0=pins[0][4], i_A1=pins[1][1], i_B1=pins[1][2], i_C1=pins[1][3],
+                        i_D1=pins[1][4], o_S0=pins[0][5], o_S1=pins[1][5], o_COUT=cout)
+                else:
+                    for init, a, b, c, d, s in (pins[0], pins[1]):
+                        lut = Const(init, 16)
+                        p, g = lut.bit_select(Cat(a, b, c, d), 1), lut.bit_select(Cat(a, b), 1)
+                        m.d.comb += s.eq(p ^ carry)
+                        nxt = Signal()
+                        m.d.comb += nxt.eq(Mux(p, carry, g))
+                        carry = nxt
+                    m.d.comb += cout.eq(carry)
+                carry = cout
+                cells += 1
+        return cells
+
+
+
+def _chain_popcount(m, act, weight, platform):
+    """``popcount(act ^ weight)`` by adders on carry chains (:class:`_CarryChains`),
+    registered after every level: ``popcount_depth`` levels for a power-of-two width.
+
+    A node of ``n`` lanes adds the counts of ``(n - 1) // 2`` and ``n - 1 - (n - 1) // 2``
+    lanes and one more lane as the carry in: full adders of three lanes at the leaves, so
+    the XNOR lanes go straight into the carry chains' LUT4s. Lanes and counts that reach
+    a level early wait in flip-flops (free on ECP5, two per two LUT4s).
+    """
+    levels, wires = {}, []
+
+    def delayed(bits, frm, to):
+        out = []
+        for bit in bits:
+            sigs = []
+            for sig in bit:
+                for i in range(frm, to):
+                    reg = Signal(name=f"lane_l{i + 1}", reset_less=True)
+                    m.d.sync += reg.eq(sig)
+                    sig = reg
+                sigs.append(sig)
+            out.append(tuple(sigs))
+        return out
+
+    def build(lanes):
+        if len(lanes) == 1:
+            return 0, [(act[lanes[0]], weight[lanes[0]])]
+        rest = lanes[1:]
+        half = len(rest) // 2
+        x_level, x = build(rest[:half]) if half else (0, [])
+        y_level, y = build(rest[half:])
+        level = max(x_level, y_level) + 1
+        cin = delayed([(act[lanes[0]], weight[lanes[0]])], 0, level - 1)[0]
+        sums = levels.setdefault(level, _CarryChains()).add(
+            delayed(x, x_level, level - 1), delayed(y, y_level, level - 1), cin)
+        regs = [Signal(name=f"pc{level}_{lanes[0]}_{i}", reset_less=True)
+                for i in range(len(lanes).bit_length())]
+        wires.append((regs, sums))
+        return level, [(r,) for r in regs]
+
+    depth, count = build(list(range(len(act))))
+    for level in sorted(levels):
+        levels[level].emit(m, platform, f"pcc{level}_")
+    for regs, sums in wires:
+        m.d.sync += [r.eq(s) for r, s in zip(regs, sums[:len(regs)], strict=True)]
+    return depth, Cat(*(bit[0] for bit in count))
 
 
 class GainFormat:
@@ -132,7 +272,8 @@ class XnorPopcountPE(wiring.Component):
 
     Each cycle the PE takes one *beat*: ``simd`` activation bits and ``simd`` weight bits.
     It counts the mismatches ``popcount(act ^ weight)`` in a tree registered after every
-    adder level (the first level is a LUT4 compressor: two XORs and their sum), scales the
+    adder level (``tree``: on ECP5 full adders of three lanes on CCU2C carry chains, the
+    XNORs inside the chains' LUT4s; elsewhere a LUT4 per two lanes, then adders), scales the
     count by the beat's gain (negation, shift or multiplication, by ``gain_format``; in the
     ``"horner"`` format it negates the count and doubles the accumulator instead) and adds
     it to the accumulator. The control inputs arrive
@@ -146,6 +287,10 @@ class XnorPopcountPE(wiring.Component):
         Width of the signed accumulator and result.
     gain_format : GainFormat
         The gains the PE supports and how it applies them.
+    tree : str
+        ``"auto"`` (default): ``"ccu2c"`` when elaborated for an ECP5 platform, else
+        ``"adders"``. ``"ccu2c"`` without an ECP5 platform builds the same chains from plain
+        logic that behaves as the primitive (to simulate them).
 
     Members
     -------
@@ -167,7 +312,9 @@ class XnorPopcountPE(wiring.Component):
     registers have no reset.
     """
 
-    def __init__(self, simd: int, acc_width: int, gain_format: GainFormat):
+    def __init__(self, simd: int, acc_width: int, gain_format: GainFormat, tree: str = "auto"):
+        if tree not in _TREES:
+            raise ValueError(f"tree must be one of {', '.join(map(repr, _TREES))}, not {tree!r}")
         if not isinstance(simd, int) or not _is_power_of_two(simd):
             raise ValueError(f"simd must be a positive power of two, not {simd!r}")
         if not isinstance(acc_width, int) or acc_width < 2:
@@ -181,6 +328,7 @@ class XnorPopcountPE(wiring.Component):
         self._simd = simd
         self._acc_width = acc_width
         self._gain_format = gain_format
+        self._tree = tree
         super().__init__({
             "act": In(simd),
             "weight": In(simd),
@@ -203,6 +351,10 @@ class XnorPopcountPE(wiring.Component):
         return self._gain_format
 
     @property
+    def tree(self) -> str:
+        return self._tree
+
+    @property
     def popcount_depth(self) -> int:
         """Cycles from a beat's bits to its popcount (where ``first``/``last``/``gain`` apply)."""
         return popcount_depth(self._simd)
@@ -222,6 +374,8 @@ class XnorPopcountPE(wiring.Component):
         """Bits of the accumulator's low half (``None``: not split). The accumulator is
         split where the high half keeps at least 2 bits and the low half holds a term and
         the bits one Horner step shifts out of it."""
+        if self._gain_format.kind == "sign":
+            return None  # no shifts: one carry chain across the whole width is cheaper
         low = max(self.term_width, self._gain_format.max_step, (self._acc_width + 1) // 2)
         return low if low <= self._acc_width - 2 else None
 
@@ -230,8 +384,12 @@ class XnorPopcountPE(wiring.Component):
         s = self._simd
         mismatch = self.act ^ self.weight
 
+        chains = self._tree == "ccu2c" or (self._tree == "auto" and _is_ecp5(platform))
+        if chains and s > 1:
+            depth, count = _chain_popcount(m, self.act, self.weight, platform)
+            assert depth == self.popcount_depth
         # Level 0: a LUT4 compressor per lane pair (2 XORs and their 2-bit sum), registered.
-        if s == 1:
+        elif s == 1:
             level = [Signal(1, name="pc0_0", reset_less=True)]
             m.d.sync += level[0].eq(mismatch)
         else:
@@ -242,7 +400,7 @@ class XnorPopcountPE(wiring.Component):
                 level.append(pair)
         # Then one registered adder per pair, level by level.
         depth = 0
-        while len(level) > 1:
+        while not chains and len(level) > 1:
             depth += 1
             width = len(level[0]) + 1
             nxt = []
@@ -251,22 +409,27 @@ class XnorPopcountPE(wiring.Component):
                 m.d.sync += total.eq(level[2 * i] + level[2 * i + 1])
                 nxt.append(total)
             level = nxt
-        count = level[0]
+        if not chains or s == 1:
+            count = level[0]
 
-        # Scale by the gain (registered), then accumulate.
+        # Scale by the gain (registered), then accumulate. A negative term is held as the
+        # magnitude's ones' complement, ``neg`` adding the missing 1 as the accumulator
+        # adder's carry in: no negation adder.
         fmt = self._gain_format
         term = Signal(signed(self.term_width), reset_less=True)
+        neg = Signal(reset_less=True)
         step = Signal(max(1, len(self.gain) - 1), reset_less=True)
         if fmt.kind == "multiply":
             m.d.sync += term.eq(count * self.gain)
         else:
             if fmt.kind == "horner":
                 m.d.sync += step.eq(self.gain[1:])
-            magnitude = count if fmt.kind in ("sign", "horner") else count << self.gain[1:]
-            with m.If(self.gain[0]):
-                m.d.sync += term.eq(-magnitude)
-            with m.Else():
-                m.d.sync += term.eq(magnitude)
+            magnitude = Signal(self.term_width - 1)
+            m.d.comb += magnitude.eq(count if fmt.kind in ("sign", "horner")
+                                     else count << self.gain[1:])
+            m.d.sync += [term.eq(Cat(magnitude ^ self.gain[0].replicate(len(magnitude)),
+                                     self.gain[0])),
+                         neg.eq(self.gain[0])]
         last = Signal(reset_less=True)
         m.d.sync += last.eq(self.last)
 
@@ -278,9 +441,9 @@ class XnorPopcountPE(wiring.Component):
             acc = Signal(signed(width), reset_less=True)
             acc_next = Signal(signed(width))
             if fmt.kind == "horner":
-                m.d.comb += acc_next.eq((acc << step) + term)
+                m.d.comb += acc_next.eq((acc << step) + term + neg)
             else:
-                m.d.comb += acc_next.eq(acc + term)
+                m.d.comb += acc_next.eq(acc + term + neg)
             with m.If(self.first):
                 m.d.sync += acc.eq(0)
             with m.Else():
@@ -314,7 +477,7 @@ class XnorPopcountPE(wiring.Component):
         term_low = Signal(signed(low))  # the term sign-extended over the low half
         m.d.comb += term_low.eq(term)
         lo_sum = Signal(low + 1)
-        m.d.comb += lo_sum.eq(lo_shifted + term_low.as_unsigned())
+        m.d.comb += lo_sum.eq(lo_shifted + term_low.as_unsigned() + neg)
         lo_next, hi_next, carry_next = Signal(low), Signal(signed(high)), Signal(signed(2))
         m.d.comb += [lo_next.eq(lo_sum[:low]), hi_next.eq(hi_shifted + spill),
                      carry_next.eq(lo_sum[low] - term[-1])]

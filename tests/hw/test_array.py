@@ -49,11 +49,13 @@ def reference(beats, rows, cols):
     return out
 
 
-@pytest.mark.parametrize("rows,cols,simd,relay", [(1, 1, 1, 4), (3, 5, 4, 2), (4, 4, 8, 4), (2, 9, 2, 1)])
-def test_array_matches_reference(rows, cols, simd, relay):
+@pytest.mark.parametrize("rows,cols,simd,relay,tree", [(1, 1, 1, 4, "auto"), (3, 5, 4, 2, "auto"),
+                                                       (4, 4, 8, 4, "auto"), (2, 9, 2, 1, "auto"),
+                                                       (3, 2, 8, 2, "ccu2c")])
+def test_array_matches_reference(rows, cols, simd, relay, tree):
     rng = np.random.default_rng(rows * 100 + cols * 10 + simd)
     gains = (1, -2, 4)
-    array = XnorPopcountArray(rows, cols, simd, 16, GainFormat(gains), relay=relay)
+    array = XnorPopcountArray(rows, cols, simd, 16, GainFormat(gains), relay=relay, tree=tree)
     beats = []
     for _ in range(6):
         # results are stable for (next sum's length - max_skew) cycles after done

