@@ -155,10 +155,11 @@ class Accelerator(wiring.Component):
         lane = bit_addr[:log_s] if log_s else 0
         # One bit every other cycle: the sequencer merges each into its word (reads the
         # word, writes it back whole the next cycle), so its requests are two cycles apart.
-        # ``go``: this cycle takes a bit; ``rest``: the cycle after one that did.
+        # ``go``: this cycle takes a bit; ``rest``: the cycle after one that did, or after a
+        # pixel was taken (so every pixel takes exactly 16 cycles, the first one too).
         go, rest = Signal(), Signal()
         m.d.comb += go.eq(have & ~rest)
-        m.d.sync += rest.eq(go)
+        m.d.sync += rest.eq(go | (self.pixels.valid & self.pixels.ready))
         # The writes are registered (the address adders get a cycle of their own).
         m.d.sync += [seq.load_addr.eq(bit_addr >> log_s),
                      seq.load_data.eq(bit << lane),
