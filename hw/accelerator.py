@@ -19,8 +19,9 @@ __all__ = ["Accelerator", "ResultLayout", "CYCLES_WIDTH", "LOAD_CYCLES_PER_BIT"]
 #: Width of the cycle counter.
 CYCLES_WIDTH = 32
 #: Cycles the image loader spends on one bit: the sequencer merges it into its word
-#: (reads the word, writes it back whole), so the loader's writes are two cycles apart.
-LOAD_CYCLES_PER_BIT = 2
+#: (reads the word, writes it back whole two cycles later), so the loader's writes are
+#: three cycles apart.
+LOAD_CYCLES_PER_BIT = 3
 
 #: One transfer of the result stream: the class index first, then every logit (signed,
 #: in the IR's (C, H, W) order); ``last`` marks the final logit.
@@ -65,8 +66,8 @@ class Accelerator(wiring.Component):
         The sequencer's debug tap: the running layer, its start, and its writes.
 
     Latency: ``cycles`` equals :func:`~binforge.hw.plan.analytic_cycles` ``["total"]``.
-    Loading takes 16 cycles per pixel (two per bit plane: each bit is merged into its
-    memory word, read and written back whole), or ``16 * k * k`` when the first layer reads
+    Loading takes 24 cycles per pixel (three per bit plane: each bit is merged into its
+    memory word, read and written back whole), or ``24 * k * k`` when the first layer reads
     its windows from an im2col image memory, plus the source's stalls
     (:data:`LOAD_CYCLES_PER_BIT`).
     """
@@ -153,13 +154,18 @@ class Accelerator(wiring.Component):
             last_tap = (ky == kernel - 1) & (kx == kernel - 1)
             fill = Const(0)
         lane = bit_addr[:log_s] if log_s else 0
-        # One bit every other cycle: the sequencer merges each into its word (reads the
-        # word, writes it back whole the next cycle), so its requests are two cycles apart.
-        # ``go``: this cycle takes a bit; ``rest``: the cycle after one that did, or after a
-        # pixel was taken (so every pixel takes exactly 16 cycles, the first one too).
-        go, rest = Signal(), Signal()
-        m.d.comb += go.eq(have & ~rest)
-        m.d.sync += rest.eq(go | (self.pixels.valid & self.pixels.ready))
+        # One bit every third cycle: the sequencer merges each into its word (reads the
+        # word, writes it back whole two cycles later), so its requests are three cycles
+        # apart. ``go``: this cycle takes a bit; ``rest``: cycles left to wait after one
+        # that did, or after a pixel was taken (so every pixel takes exactly
+        # 8 * LOAD_CYCLES_PER_BIT cycles, the first one too).
+        go = Signal()
+        rest = Signal(range(LOAD_CYCLES_PER_BIT))
+        m.d.comb += go.eq(have & (rest == 0))
+        with m.If(go | (self.pixels.valid & self.pixels.ready)):
+            m.d.sync += rest.eq(LOAD_CYCLES_PER_BIT - 1)
+        with m.Elif(rest != 0):
+            m.d.sync += rest.eq(rest - 1)
         # The writes are registered (the address adders get a cycle of their own).
         m.d.sync += [seq.load_addr.eq(bit_addr >> log_s),
                      seq.load_data.eq(bit << lane),

@@ -51,7 +51,7 @@ class OutputStage(wiring.Component):
     act_addr, act_data, act_en : Out
         Activation write (address, S data bits, S lane enables); ``act_we`` says it is valid.
         The lane enables cover the whole word or none of it, except in a read-modify-write
-        layer (``desc.rmw``), whose writes come every other cycle at most.
+        layer (``desc.rmw``), whose writes come every third cycle at most.
     act_we : Out(1)
     logit_addr, logit_data, logit_we : Out
         Logits memory write.
@@ -64,10 +64,10 @@ class OutputStage(wiring.Component):
 
     Latency: a group's reads start the cycle after ``group_done`` and take ``drain``
     cycles (the plan records them; a read-modify-write layer, ``desc.rmw``, reads every
-    other cycle and its drain ends with the cycle after its last read); its last write is
+    third cycle and its drain ends with the second cycle after its last read); its last write is
     issued 4 cycles after its last read (result/constant read, compare halves,
     compare/logit, lane placement), with ``drained`` (affine layer: ``ARGMAX_TAIL_CYCLES``
-    later; rmw layer: one cycle later, when the sequencer writes the merged word).
+    later; rmw layer: two cycles later, when the sequencer writes the merged word).
     """
 
     def __init__(self, plan, descriptor, act_addr_width: int):
@@ -142,12 +142,13 @@ class OutputStage(wiring.Component):
 
         col_done = Signal()
         m.d.comb += col_done.eq(col == last_cols)
-        # Read-modify-write layers (``desc.rmw``): each read is followed by a cycle in which
-        # the counters step and nothing is read, so that the sequencer's merge of one write
-        # (read its word, write it back) never meets the next write's read.
-        hold = Signal()  # the cycle after a read of an rmw layer
+        # Read-modify-write layers (``desc.rmw``): each read is followed by two cycles in
+        # which nothing is read (the counters step in the second), so that the sequencer's
+        # merge of one write (read its word, write it back two cycles later) never meets
+        # the next write's read (RMW_DRAIN_FACTOR).
+        hold = Signal(2)  # cycles since the last read of an rmw layer
         step = Signal()  # the counters advance this cycle
-        m.d.comb += step.eq(~desc.rmw | hold)
+        m.d.comb += step.eq(~desc.rmw | (hold == 2))
         finishing = Signal()  # the group's drain ends this cycle (its last read, or the hold after it)
         with m.If(desc.affine):
             m.d.comb += finishing.eq(busy & col_done & (row == rows - 1))
@@ -182,7 +183,7 @@ class OutputStage(wiring.Component):
                         m.d.sync += [col.eq(col + 1), bit_addr.eq(bit_addr + desc.out_pos_stride)]
                 with m.Else():
                     m.d.sync += word.eq(word + 1)
-            m.d.sync += hold.eq(desc.rmw & ~hold)
+            m.d.sync += hold.eq(Mux(desc.rmw & (hold != 2), hold + 1, 0))
             with m.If(finishing):
                 m.d.sync += busy.eq(0)
                 with m.If(cg_last):
@@ -211,7 +212,7 @@ class OutputStage(wiring.Component):
         last_valid_word = (start_lane + rows_valid - 1) >> log_s
         pos_last = pg_last & col_done
         fill = cg_last & (~desc.out_dense | pos_last) & (word == last_valid_word)
-        m.d.sync += [d1_valid.eq(busy & ~hold & ~self.layer_start), d1_affine.eq(desc.affine), d1_row.eq(row),
+        m.d.sync += [d1_valid.eq(busy & (hold == 0) & ~self.layer_start), d1_affine.eq(desc.affine), d1_row.eq(row),
                      d1_addr.eq((bit_addr >> log_s) + word),
                      d1_offset.eq(start_lane - word * s), d1_fill.eq(fill),
                      d1_idx.eq(idx_row + pos_aff + col), d1_last.eq(finishing & cg_last & pg_last),

@@ -76,10 +76,10 @@ ARGMAX_TAIL_CYCLES = 1
 #: Pool engine: read latency + write register.
 POOL_TAIL_CYCLES = 2
 #: A layer whose activation writes cover part of a word (``ComputePlan.rmw``): the
-#: memories are written whole words only, so such a write reads its word in one cycle
-#: and writes it merged in the next; the output stage then drains a word every other
-#: cycle (its drain cycles, and the guard they set, are doubled).
-RMW_DRAIN_FACTOR = 2
+#: memories are written whole words only, so such a write reads its word and writes it
+#: merged two cycles later (from the read register); the output stage then drains a
+#: word every third cycle (its drain cycles, and the guard they set, are tripled).
+RMW_DRAIN_FACTOR = 3
 
 
 def _check_positive(name, value):
@@ -142,7 +142,7 @@ class ComputePlan:
     #: Some of the layer's activation writes cover only part of a word (fewer than S
     #: channels of a position per write: R < S, R not a multiple of S, a dense output):
     #: the sequencer merges each into the word it reads back first (read-modify-write),
-    #: so the output stage drains one word every other cycle (:data:`RMW_DRAIN_FACTOR`).
+    #: so the output stage drains one word every third cycle (:data:`RMW_DRAIN_FACTOR`).
     rmw: bool = False
 
     kind = "compute"

@@ -69,8 +69,8 @@ class LayerSequencer(wiring.Component):
         Pulse: the logits and ``class_index`` are ready.
     load_addr, load_data, load_en, load_we : In
         Image write while idle, into buffer 0 or the image memory (word address, S bits,
-        S lane enables): merged into its word (read in this cycle, written in the next),
-        so two such writes must be at least two cycles apart.
+        S lane enables): merged into its word (read in this cycle, written two cycles
+        later), so two such writes must be at least three cycles apart.
     logit_addr : In(logit address width)
         Logits memory read address; ``logit_data`` follows one cycle later.
     logit_data : Out(32)
@@ -208,8 +208,8 @@ class LayerSequencer(wiring.Component):
         # holds S bits of every word, not one bit per write enable). A write that changes
         # part of a word (the image loader's bits; the output stage in a layer whose writes
         # cover fewer than S lanes, ``desc.rmw``) is merged: its word is read from column
-        # 0's copy in the request cycle and written back merged in the next one (the
-        # writers space such requests two cycles apart at least, so a merge's read never
+        # 0's copy in the request cycle and written back merged two cycles later (the
+        # writers space such requests three cycles apart at least, so a merge's read never
         # meets a write).
         #
         # No read whose data is used meets a write of the same memory: a layer reads its
@@ -281,12 +281,15 @@ class LayerSequencer(wiring.Component):
                                    delayed(window.beat, 2, "beat"))
         gain_r = delayed(window.gain, 2, "gain")
         acts = []
+        held_words = {}
         for c in range(cols):
             held = []
             for b in range(n_mems):
                 reg = Signal(s, name=f"read{b}_col{c}", reset_less=True)
                 m.d.sync += reg.eq(read_data[b][c])
                 held.append(reg)
+                if c == 0:
+                    held_words[b] = reg
             word = Signal(s, name=f"act{c}")
             m.d.comb += word.eq(held[0])
             with m.If(src_r == 1):
@@ -328,18 +331,23 @@ class LayerSequencer(wiring.Component):
                 with m.If(desc.pool):
                     m.d.comb += [request_we.eq(pool.wr_we), request_merge.eq(0),
                                  request_addr.eq(pool.wr_addr), request_data.eq(pool.wr_data)]
-        pending = Signal()
-        pending_mem = Signal(2)
-        pending_addr = Signal(aw)
-        pending_data = Signal(s)
-        pending_en = Signal(s)
-        m.d.sync += [pending.eq(request_we & request_merge), pending_mem.eq(request_mem),
-                     pending_addr.eq(request_addr), pending_data.eq(request_data), pending_en.eq(request_en)]
-        old = Signal(s)  # the pending word as read (column 0's copy)
+        # Two register stages: the word read in the request cycle is merged from its read
+        # register (``read{b}_col0``, below), not from the block RAM's output, so the merge
+        # adds nothing after a block RAM's clock-to-output (and a deep memory's output mux).
+        wait_we, pending = Signal(), Signal()
+        wait_mem, pending_mem = Signal(2), Signal(2)
+        wait_addr, pending_addr = Signal(aw), Signal(aw)
+        wait_data, pending_data = Signal(s), Signal(s)
+        wait_en, pending_en = Signal(s), Signal(s)
+        m.d.sync += [wait_we.eq(request_we & request_merge), wait_mem.eq(request_mem),
+                     wait_addr.eq(request_addr), wait_data.eq(request_data), wait_en.eq(request_en),
+                     pending.eq(wait_we), pending_mem.eq(wait_mem), pending_addr.eq(wait_addr),
+                     pending_data.eq(wait_data), pending_en.eq(wait_en)]
+        old = Signal(s)  # the pending word as read (column 0's copy), from its read register
         with m.Switch(pending_mem):
             for b in mergeable:
                 with m.Case(b):
-                    m.d.comb += old.eq(read_data[b][0])
+                    m.d.comb += old.eq(held_words[b])
         for b in range(n_mems):
             hit = request_mem == b
             if b in mergeable:

@@ -19,7 +19,7 @@ from binforge.sim.golden import run_network
 
 from binforge.cli import main
 
-DIVISOR = 16  # a byte (160 cycles) outlasts the loader's 144 cycles per pixel (3x3 im2col)
+DIVISOR = 24  # a byte (240 cycles) outlasts the loader's 216 cycles per pixel (3x3 im2col)
 
 
 def _simulated_board(master_fd: int, core: BoardCore, reply_bytes: int) -> None:

@@ -21,7 +21,7 @@ from binforge.compiler.random_network import random_network
 from binforge.hw.plan import analytic_cycles, plan_network
 from binforge.sim.golden import run_network
 
-DIVISOR = 16  # a byte (160 cycles) outlasts the loader's 144 cycles per pixel (3x3 im2col)
+DIVISOR = 24  # a byte (240 cycles) outlasts the loader's 216 cycles per pixel (3x3 im2col)
 
 
 def _exchange(core: BoardCore, requests: list[bytes], reply_bytes: list[int], *, host_divisor=DIVISOR):
@@ -92,4 +92,4 @@ def test_digits_images_back_to_back_through_a_small_network():
 def test_a_uart_faster_than_the_loader_is_refused(rejects):
     plan = plan_network(random_network(3), 4, 4, 8)
     rejects(ValueError, "a UART byte every 40 cycles (divisor 4) comes faster than the accelerator "
-            "loads a pixel (144 cycles); use a lower baud rate", BoardCore, plan, 4)
+            "loads a pixel (216 cycles); use a lower baud rate", BoardCore, plan, 4)
