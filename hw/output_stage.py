@@ -45,7 +45,8 @@ class OutputStage(wiring.Component):
     layer_start : In(1)
         Pulse: a new layer begins; group counters and the argmax restart.
     results : In(rows * cols * pe_width)
-        The array's results, stable for the drain of a group.
+        The array's results: stable for the drain of a group, or, with
+        ``plan.hold_results``, in the cycle of ``group_done`` only (the stage keeps a copy).
     group_done : In(1)
         Pulse: the array's results of the next group are ready.
     act_addr, act_data, act_en : Out
@@ -195,6 +196,17 @@ class OutputStage(wiring.Component):
 
         m.d.comb += const_rd.addr.eq(const_addr)
 
+        # The results a group's drain reads: with ``plan.hold_results`` a copy of the
+        # array's results taken at ``group_done``, so the next group's sums may land in the
+        # PEs while this group drains (its guard needs ``max(drain, max_skew) + 1`` beats,
+        # not ``drain + max_skew + 1``); otherwise the PEs' result registers themselves.
+        if plan.hold_results:
+            results = Signal.like(self.results, name="held_results", reset_less=True)
+            with m.If(self.group_done):
+                m.d.sync += results.eq(self.results)
+        else:
+            results = self.results
+
         # ---- D1: registered column results + constants ----------------------------------
         d1_valid = Signal()
         d1_affine = Signal()
@@ -221,12 +233,12 @@ class OutputStage(wiring.Component):
             for c in range(cols):
                 with m.Case(c):
                     m.d.sync += d1_results.eq(Cat(
-                        self.results[(r * cols + c) * pw:(r * cols + c + 1) * pw] for r in range(rows)))
+                        results[(r * cols + c) * pw:(r * cols + c + 1) * pw] for r in range(rows)))
         with m.Switch(Cat(row, col)):
             for c in range(cols):
                 for r in range(rows):
                     with m.Case(r | (c << len(row))):
-                        m.d.sync += d1_one.eq(self.results[(r * cols + c) * pw:(r * cols + c + 1) * pw])
+                        m.d.sync += d1_one.eq(results[(r * cols + c) * pw:(r * cols + c + 1) * pw])
 
         const_layout = data.StructLayout({"value": signed(cvw), "flip": 1, "valid": 1})
         entries = [data.View(const_layout, const_rd.data[r * (cvw + 2):(r + 1) * (cvw + 2)])

@@ -24,6 +24,7 @@ Layouts (``S = simd``):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -207,6 +208,11 @@ class NetworkPlan:
     image_init: tuple[int, ...] = ()
     #: The affine layer's P is its sum / 2**affine_shift (Horner accumulation).
     affine_shift: int = 0
+    #: The output stage copies the array's results at every group's ``done`` and drains
+    #: the copy, so the next group's sums may land in the PEs during the drain: a group's
+    #: guard needs ``max(drain, max_skew) + 1`` beats, not ``drain + max_skew + 1``. Set
+    #: where that shortens some layer's guard (it costs R x C x pe_width flip-flops).
+    hold_results: bool = False
 
     @property
     def image_depth(self) -> int:
@@ -408,8 +414,24 @@ def partial_word_writes(rows: int, simd: int, out_c: int, positions: int, pos_st
     return False
 
 
+def _guard(drain: int, beats: int, max_skew: int, hold_results: bool) -> int:
+    """Cycles the window generator waits after a group before the next group's first beat.
+
+    The next group's ``last`` beat must come ``n >= need`` cycles after this group's. The
+    PEs' result registers take the next sums from ``n - max_skew`` cycles after ``done``
+    (the least skewed PE first), so a drain reading the PEs (``drain`` cycles from the
+    cycle after ``done``) needs ``n >= drain + max_skew + 1``. With the output stage's
+    result hold (``hold_results``) the drain reads a copy taken at ``done``: the copy
+    needs ``n >= max_skew + 1`` and the drain, over before the next ``done``,
+    ``n >= drain + 1``.
+    """
+    need = (max(drain, max_skew) if hold_results else drain + max_skew) + 1
+    return max(0, need - beats)
+
+
 def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_base,
-                  in_layout: TensorLayout, out_layout: TensorLayout | None, gain_mode: str):
+                  in_layout: TensorLayout, out_layout: TensorLayout | None, gain_mode: str,
+                  hold_results: bool = True):
     in_c, in_h, in_w = layer.in_shape.as_tuple()
     if layer.kind == "conv":
         kh = kw = layer.kernel
@@ -509,8 +531,8 @@ def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_b
         factor = RMW_DRAIN_FACTOR if rmw else 1
         drain_full = out_planes * drain_words * cols * factor
         drain_last = out_planes * drain_words * last_cols * factor
-    guard_full = max(0, drain_full + max_skew + 1 - beats)
-    guard_last = max(0, drain_last + max_skew + 1 - beats)
+    guard_full = _guard(drain_full, beats, max_skew, hold_results)
+    guard_last = _guard(drain_last, beats, max_skew, hold_results)
     plane_offsets = tuple(op.act_plane * in_layout.plane_words for op in ops)
     weight_offsets = tuple(used.index(op.weight_plane) * taps_words for op in ops)
     return ComputePlan(
@@ -563,6 +585,17 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
         weight_base += len(plan.weight_words)
         const_base += plan.const_entries
         gains.update(plan.gains)
+    # The output stage's result hold costs R x C x pe_width flip-flops: it is built only
+    # where it shortens some layer's guard (many columns, short groups).
+    hold_results = any(_guard(p.drain_full, p.beats, max_skew, False)
+                       > _guard(p.drain_full, p.beats, max_skew, True)
+                       or _guard(p.drain_last, p.beats, max_skew, False)
+                       > _guard(p.drain_last, p.beats, max_skew, True)
+                       for p in layers if p.kind == "compute")
+    if not hold_results:
+        layers = [dataclasses.replace(p, guard_full=_guard(p.drain_full, p.beats, max_skew, False),
+                                      guard_last=_guard(p.drain_last, p.beats, max_skew, False))
+                  if p.kind == "compute" else p for p in layers]
     last = layers[-1]
     if last.layer.acc_width > OUT_DATA_WIDTH:
         raise ValueError(f"the last layer's accumulators are {last.layer.acc_width} bits wide, "
@@ -602,7 +635,7 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
         buffer_depths=(depths[0], depths[1]), logits_depth=max(net.num_classes, 1),
         input_layout=layouts[0],
         image_init=tuple(im2col_init(layouts[0])) if layouts[0].im2col else (),
-        affine_shift=layers[-1].e_last,
+        affine_shift=layers[-1].e_last, hold_results=hold_results,
     )
 
 

@@ -208,7 +208,7 @@ class WindowGenerator(wiring.Component):
 
         # Each column's "x wraps at the next position-group advance" (xi0 >= adv_wrap_at) is
         # a flip-flop compared from the registers every cycle (from the loading descriptor
-        # at start): advances are at least drain + max_skew + 1 >= 2 cycles apart (the
+        # at start): advances are at least max(drain, max_skew) + 1 >= 2 cycles apart (the
         # guard), so it is up to date at every advance and no compare precedes the adders.
         wraps = [Signal(name=f"wrap_{c}") for c in range(cols)]
         for c in range(cols):

@@ -60,3 +60,22 @@ def test_strided_first_layer_from_im2col_image_memory(pad_bit):
     assert plan.input_layout.im2col is not None and plan.image_depth > 0
     assert any(plan.image_init) == bool(pad_bit)
     check(net, 2, 2, 8, stall_seed=pad_bit)
+
+
+def test_drain_of_held_results_overlaps_the_next_group():
+    # relay 1: skew 3 + 4 = 7 cycles; the first layer's 8-beat groups follow each other with
+    # no guard (5 without the result hold), so the next group's sums land during each drain
+    # (draining the PEs themselves, row 0 would read the next group's sums: wrong logits)
+    net = small_network(7, shape=(1, 6, 6), channels=(4, 6, 4), act_planes=(1, 1, 1))
+    rows, cols, simd = 4, 5, 16
+    plan = plan_network(net, rows, cols, simd, relay=1)
+    assert plan.hold_results and plan.max_skew == 7
+    first = plan.layers[0]
+    assert (first.beats, first.drain_full, first.guard_full) == (8, 5, 0)
+    images = images_for(net, 2, 5)
+    golden = run_network(net, images)
+    classes, logits, cycles = run_accelerator(Accelerator(net, rows, cols, simd, relay=1), images,
+                                              stall_seed=3)
+    np.testing.assert_array_equal(logits, golden.logits)
+    np.testing.assert_array_equal(classes, golden.predictions)
+    assert cycles == [analytic_cycles(plan)["total"]] * 2

@@ -144,11 +144,12 @@ def output_layer_network(seed, out_planes, affine):
                                   layers=layers))
 
 
-@pytest.mark.parametrize("rows,cols,simd", [(2, 3, 4), (3, 4, 2), (8, 2, 8)])
+@pytest.mark.parametrize("rows,cols,simd", [(2, 3, 4), (3, 4, 2), (8, 2, 8), (5, 5, 4)])
 @pytest.mark.parametrize("case", ["threshold", "affine"])
 def test_output_stage_writes_bits_and_logits(rows, cols, simd, case):
     net = output_layer_network(rows + cols, 2, case == "affine")
     plan = plan_network(net, rows, cols, simd)
+    assert plan.hold_results is (rows >= 5)  # skew 1-2 with 8-24 cycle drains after 9 beats
     p = plan.layers[1]
     fmt = DescriptorFormat(plan)
     aw = max(1, (max(*plan.buffer_depths, plan.image_depth) - 1).bit_length())
@@ -181,8 +182,12 @@ def test_output_stage_writes_bits_and_logits(rows, cols, simd, case):
                 ctx.set(stage.group_done, 1)
                 await ctx.tick()
                 ctx.set(stage.group_done, 0)
-                # hold the results for the whole drain (the sequencer guarantees it); the
-                # last write comes DRAIN_TAIL_CYCLES - 1 cycles after the last read
+                if plan.hold_results:
+                    # the stage drains its own copy: the next group's sums may land now
+                    ctx.set(stage.results, int(rng.integers(0, 1 << 62)) * 0x9E3779B97F4A7C15
+                            % (1 << (rows * cols * pw)))
+                # without the hold, hold the results for the whole drain (the sequencer
+                # guarantees it); the last write comes DRAIN_TAIL_CYCLES - 1 cycles after the last read
                 for _ in range(p.drain_full + DRAIN_TAIL_CYCLES - 1):
                     if ctx.get(stage.act_we):
                         addr, data, en = (ctx.get(x) for x in (stage.act_addr, stage.act_data, stage.act_en))

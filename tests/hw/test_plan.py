@@ -65,6 +65,25 @@ def test_cycle_model_counts_ideal_beats():
     assert cycles["total"] == 1 + sum(row["cycles"] for row in cycles["layers"])
 
 
+@pytest.mark.parametrize("rows,cols,simd,relay,hold", [
+    (4, 5, 16, 1, True),   # skew 7, drains of 5-20 cycles after 2-9 beats: guards 0-19, not 5-26
+    (3, 5, 2, 4, True),    # skew 1: one cycle less where a drain outlasts its group's beats
+    (1, 1, 2, 4, False),   # no guard anywhere: no hold
+    (4, 2, 8, 4, False),   # no skew: the hold cannot shorten a guard
+])
+def test_guard_with_and_without_the_result_hold(rows, cols, simd, relay, hold):
+    net = small_network(5, shape=(1, 6, 6), channels=(4, 6, 4), act_planes=(1, 1, 1))
+    plan = plan_network(net, rows, cols, simd, relay=relay)
+    assert plan.hold_results is hold
+    skew = plan.max_skew
+    for p in plan.layers:
+        if p.kind != "compute":
+            continue
+        for drain, guard in ((p.drain_full, p.guard_full), (p.drain_last, p.guard_last)):
+            need = max(drain, skew) + 1 if hold else drain + skew + 1
+            assert guard == max(0, need - p.beats)
+
+
 @pytest.mark.parametrize("gain", [1, -1, 2, 3, -3, 7, 139, 195, -16384, 1023])
 def test_signed_digits_sum_to_the_gain(gain):
     digits = signed_digits(gain)

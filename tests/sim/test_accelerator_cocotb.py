@@ -6,6 +6,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+from binforge.compiler.ir import Shape
+from binforge.compiler.random_network import random_network
+from binforge.hw.generate import generate
+from binforge.hw.plan import analytic_cycles, plan_network
 from binforge.sim.cocotb_runner import SimulationFailed, build_design, run_testbench
 from binforge.sim.golden import run_network
 from binforge.sim.network_sim import (
@@ -45,6 +49,26 @@ def test_tiny_network_bit_exact_with_stalls_and_resets(simulator, build_root, ti
     assert result.rtl_cycles == [desc["cycles"]["total"]] * len(images)
     # per image: class + logits + done + last + cycles + each layer's cycles
     assert result.cases == len(images) * (net.num_classes + 5 + len(net.layers))
+
+
+def test_held_results_drained_while_the_next_group_lands(simulator, build_root, tmp_path, record_cases):
+    # relay 1 on 4 x 5: skew 7; the first layer's 8-beat groups follow each other with no
+    # guard (5 without the output stage's result hold), so each drain overlaps the next sums
+    net = random_network(7, in_shape=Shape(1, 6, 6), first_weight_planes=1, channels=(4, 6, 4),
+                         act_planes=(1, 1, 1))
+    plan = plan_network(net, 4, 5, 16, relay=1)
+    assert plan.hold_results and plan.layers[0].guard_full == 0 < plan.layers[0].drain_full
+    folder = tmp_path / "hw"
+    generate(net, 4, 5, 16, folder, relay=1)
+    images = edge_and_random_images(net, 6, seed=4)
+    result = simulate_network(folder, net, images, simulator=simulator, run_dir=tmp_path / "run",
+                              build_root=build_root, seed=2, in_stall=0.3, out_stall=0.3)
+    record_cases(result.cases, result.mismatch_count)
+    assert result.mismatch_count == 0, result.mismatches[:5]
+    assert result.images == result.matches == len(images)
+    desc, _ = read_hw(folder)
+    assert result.rtl_layer_cycles == [expected_layer_cycles(desc)] * len(images)
+    assert result.rtl_cycles == [analytic_cycles(plan)["total"]] * len(images)
 
 
 def test_wrong_expectation_is_reported_with_image_and_channel(simulator, build_root, tiny, tmp_path):
