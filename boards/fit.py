@@ -55,14 +55,17 @@ BRAM_WRITE_ENABLES: dict[str, dict[int, int]] = {
 #: 6x1x32 and 4x1x64 builds); per PE accumulator bit (adder, result and term registers); per array column (window address generation, buffer read and
 #: pad muxes) plus per column lane; a fixed part (sequencer, output stage, pool engine,
 #: loader, host link, UART); ``cell_factor`` turns LUTs into the device's logic cells
-#: (iCE40: flip-flops and carries that get a cell of their own).
+#: (iCE40: flip-flops and carries that get a cell of their own); ``per_hold_bit``: the
+#: output stage's copy of the array's results (``plan.hold_results``, R x C x pe_width
+#: enabled flip-flops): a cell each on iCE40, none on the LUT count elsewhere (the
+#: flip-flops pack beside the LUTs; the drain multiplexer is there either way).
 LOGIC_MODEL: dict[str, dict[str, float]] = {
     "ice40": {"per_lane": 5.5, "per_lane_deep": 3.8, "per_acc_bit": 2.0, "per_column": 300.0,
-              "per_column_lane": 2.7, "fixed": 1560.0, "cell_factor": 1.2},
+              "per_column_lane": 2.7, "fixed": 1560.0, "cell_factor": 1.2, "per_hold_bit": 1.0},
     "ecp5": {"per_lane": 5.0, "per_lane_deep": 0.0, "per_acc_bit": 2.0, "per_column": 300.0,
-             "per_column_lane": 2.7, "fixed": 1560.0, "cell_factor": 1.0},
+             "per_column_lane": 2.7, "fixed": 1560.0, "cell_factor": 1.0, "per_hold_bit": 0.0},
     "xilinx7": {"per_lane": 3.0, "per_lane_deep": 0.0, "per_acc_bit": 1.0, "per_column": 200.0,
-                "per_column_lane": 2.0, "fixed": 1100.0, "cell_factor": 1.0},
+                "per_column_lane": 2.0, "fixed": 1100.0, "cell_factor": 1.0, "per_hold_bit": 0.0},
 }
 
 
@@ -87,7 +90,8 @@ def estimate_logic(plan, family: str) -> float:
     per_lane = model["per_lane"] + (model["per_lane_deep"] if plan.simd >= 32 else 0.0)
     luts = (lanes * per_lane + pes * per_pe
             + plan.cols * (model["per_column"] + model["per_column_lane"] * plan.simd) + model["fixed"])
-    return luts * model["cell_factor"]
+    hold = pes * plan.pe_width * model["per_hold_bit"] if plan.hold_results else 0.0
+    return luts * model["cell_factor"] + hold
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ def describe(plan, cycles: dict, port_list: list[dict] | None = None) -> dict:
         "relay": plan.relay,
         "lanes": plan.rows * plan.cols * plan.simd,
         "pe_width": plan.pe_width,
+        "hold_results": plan.hold_results,
         "gain_format": plan.gain_format.kind,
         "gains": list(plan.gain_format.gains),
         "array_latency": plan.array_latency,

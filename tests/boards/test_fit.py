@@ -67,3 +67,16 @@ def test_whole_word_activation_memories_on_ecp5():
         assert m.copies == 3
         assert m.in_logic or m.blocks == 3 * bram_blocks("ecp5", 32, m.depth)
     assert [bram_blocks("ecp5", 32, d) for d in (784, 784, 6272)] == [2, 2, 13]
+
+
+def test_the_result_hold_costs_a_cell_per_bit_on_ice40_only(net):
+    import dataclasses
+
+    from binforge.boards.fit import estimate_logic
+
+    plan = plan_network(net, 4, 5, 16, relay=1)
+    assert plan.hold_results  # relay 1: skew 7, drains outlast short groups
+    without = dataclasses.replace(plan, hold_results=False)
+    bits = plan.rows * plan.cols * plan.pe_width
+    assert estimate_logic(plan, "ice40") == pytest.approx(estimate_logic(without, "ice40") + bits)
+    assert estimate_logic(plan, "ecp5") == pytest.approx(estimate_logic(without, "ecp5"))
