@@ -211,7 +211,6 @@ class OutputStage(wiring.Component):
         d1_valid = Signal()
         d1_affine = Signal()
         d1_results = Signal(rows * pw)
-        d1_one = Signal(signed(pw))
         d1_row = Signal(range(max(rows, 2)))
         d1_addr = Signal(len(self.act_addr))
         d1_offset = Signal(signed(log_s + 3 + max(most_words * s, rows).bit_length()))
@@ -234,11 +233,6 @@ class OutputStage(wiring.Component):
                 with m.Case(c):
                     m.d.sync += d1_results.eq(Cat(
                         results[(r * cols + c) * pw:(r * cols + c + 1) * pw] for r in range(rows)))
-        with m.Switch(Cat(row, col)):
-            for c in range(cols):
-                for r in range(rows):
-                    with m.Case(r | (c << len(row))):
-                        m.d.sync += d1_one.eq(results[(r * cols + c) * pw:(r * cols + c + 1) * pw])
 
         const_layout = data.StructLayout({"value": signed(cvw), "flip": 1, "valid": 1})
         entries = [data.View(const_layout, const_rd.data[r * (cvw + 2):(r + 1) * (cvw + 2)])
@@ -258,24 +252,27 @@ class OutputStage(wiring.Component):
                          hi_eq[r].eq(p[half:] == e.value[half:]),
                          lo_le[r].eq(p[:half] <= e.value[:half]),
                          flips[r].eq(e.flip), valids[r].eq(e.valid)]
+        # The affine layer's row: its constant, and its result picked from the registered
+        # column (an R:1 multiplexer after D1, not an R*C:1 one before it).
         row_entry = Signal(const_layout)
+        row_one = Signal(signed(pw))
         with m.Switch(d1_row):
             for r in range(rows):
                 with m.Case(r):
-                    m.d.comb += row_entry.eq(entries[r])
+                    m.d.comb += [row_entry.eq(entries[r]), row_one.eq(d1_results[r * pw:(r + 1) * pw])]
 
         # ---- D1b: the halves' flags registered -> bits; the row's entry -> logit ------------
         c_hi_lt, c_hi_eq, c_lo_le = Signal(rows), Signal(rows), Signal(rows)
         c_flips, c_valids = Signal(rows), Signal(rows)
         c_entry = Signal(const_layout)
-        c_one = Signal.like(d1_one)
+        c_one = Signal.like(row_one)
         c_valid, c_affine, c_fill, c_last = Signal(), Signal(), Signal(), Signal()
         c_addr = Signal.like(d1_addr)
         c_offset = Signal.like(d1_offset)
         c_idx = Signal.like(d1_idx)
         c_rows_valid = Signal.like(d1_rows_valid)
         m.d.sync += [c_hi_lt.eq(hi_lt), c_hi_eq.eq(hi_eq), c_lo_le.eq(lo_le), c_flips.eq(flips),
-                     c_valids.eq(valids), c_entry.eq(row_entry), c_one.eq(d1_one),
+                     c_valids.eq(valids), c_entry.eq(row_entry), c_one.eq(row_one),
                      c_valid.eq(d1_valid & ~self.layer_start), c_affine.eq(d1_affine),
                      c_fill.eq(d1_fill), c_last.eq(d1_last & ~self.layer_start),
                      c_addr.eq(d1_addr), c_offset.eq(d1_offset), c_idx.eq(d1_idx),
