@@ -10,7 +10,7 @@ maximum.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -290,25 +290,25 @@ class OutputStage(wiring.Component):
         d2_addr = Signal.like(d1_addr)
         d2_offset = Signal.like(d1_offset)
         d2_idx = Signal.like(d1_idx)
-        d2_rows_valid = Signal.like(d1_rows_valid)
         m.d.sync += [d2_bits.eq(bits), d2_logit.eq(logit), d2_logit_valid.eq(c_entry.valid),
                      d2_valid.eq(c_valid & ~self.layer_start), d2_affine.eq(c_affine),
                      d2_fill.eq(c_fill), d2_last.eq(c_last & ~self.layer_start),
-                     d2_addr.eq(c_addr), d2_offset.eq(c_offset), d2_idx.eq(c_idx),
-                     d2_rows_valid.eq(c_rows_valid)]
+                     d2_addr.eq(c_addr), d2_offset.eq(c_offset), d2_idx.eq(c_idx)]
+        # Lanes ``offset .. offset + rows_valid - 1`` take rows ``0 .. rows_valid - 1``: one
+        # shifter for the word (the rows shifted right by ``s - offset``, zeros around them)
+        # and two compares against the lane's constant index, not an R:1 multiplexer per lane.
+        d2_shift = Signal(len(d1_offset) + 1)  # s - offset (>= 1: offset < s)
+        d2_end = Signal(signed(len(d1_offset) + 1))  # offset + rows_valid
+        m.d.sync += [d2_shift.eq(s - c_offset), d2_end.eq(c_offset + c_rows_valid)]
+        placed = Signal(s)
+        m.d.comb += placed.eq((Cat(Const(0, s), d2_bits) >> d2_shift)[:s])
         lane_data = Signal(s)
         lane_en = Signal(s)
         for lane in range(s):
-            k = Signal(signed(len(d2_offset) + 1), name=f"lane{lane}_row")
-            m.d.comb += k.eq(lane - d2_offset)
-            in_group = (k >= 0) & (k < d2_rows_valid)
-            m.d.comb += lane_en[lane].eq((k >= 0) & (in_group | d2_fill))
-            sel = Signal(name=f"lane{lane}_bit")
-            with m.Switch(k):
-                for r in range(rows):
-                    with m.Case(r):
-                        m.d.comb += sel.eq(d2_bits[r])
-            m.d.comb += lane_data[lane].eq(sel & in_group)
+            started = d2_offset <= lane
+            before_end = d2_end > lane
+            m.d.comb += [lane_en[lane].eq(started & (before_end | d2_fill)),
+                         lane_data[lane].eq(placed[lane] & before_end)]
 
         # ---- D3: registered writes --------------------------------------------------------
         m.d.sync += [
