@@ -18,6 +18,12 @@ __all__ = ["GainFormat", "XnorPopcountPE", "popcount_depth"]
 #: with the primitive's behaviour elsewhere, for simulation), ``"auto"`` (``"ccu2c"`` on ECP5).
 _TREES = ("auto", "adders", "ccu2c")
 
+#: Accumulators: ``"split"`` (halves with a pending carry where ``low_width`` allows: two
+#: short carry chains, for fabrics whose chains are slow), ``"single"`` (one carry chain:
+#: fewer LUTs), ``"auto"`` (``"single"`` on ECP5, whose 23-bit chain is far from its
+#: block-RAM-bound clock, ``"split"`` elsewhere).
+_ACCUMULATORS = ("auto", "split", "single")
+
 
 def popcount_depth(simd: int) -> int:
     """Register levels of the popcount tree for ``simd`` lanes (``max(1, log2(simd))``)."""
@@ -291,6 +297,10 @@ class XnorPopcountPE(wiring.Component):
         ``"auto"`` (default): ``"ccu2c"`` when elaborated for an ECP5 platform, else
         ``"adders"``. ``"ccu2c"`` without an ECP5 platform builds the same chains from plain
         logic that behaves as the primitive (to simulate them).
+    accumulator : str
+        ``"auto"`` (default): one carry chain on ECP5, halves with a pending carry elsewhere
+        (where :attr:`low_width` allows); ``"single"`` or ``"split"`` to choose. Both give
+        the same results in the same cycles.
 
     Members
     -------
@@ -312,9 +322,13 @@ class XnorPopcountPE(wiring.Component):
     registers have no reset.
     """
 
-    def __init__(self, simd: int, acc_width: int, gain_format: GainFormat, tree: str = "auto"):
+    def __init__(self, simd: int, acc_width: int, gain_format: GainFormat, tree: str = "auto",
+                 accumulator: str = "auto"):
         if tree not in _TREES:
             raise ValueError(f"tree must be one of {', '.join(map(repr, _TREES))}, not {tree!r}")
+        if accumulator not in _ACCUMULATORS:
+            raise ValueError(f"accumulator must be one of {', '.join(map(repr, _ACCUMULATORS))}, "
+                             f"not {accumulator!r}")
         if not isinstance(simd, int) or not _is_power_of_two(simd):
             raise ValueError(f"simd must be a positive power of two, not {simd!r}")
         if not isinstance(acc_width, int) or acc_width < 2:
@@ -329,6 +343,7 @@ class XnorPopcountPE(wiring.Component):
         self._acc_width = acc_width
         self._gain_format = gain_format
         self._tree = tree
+        self._accumulator = accumulator
         super().__init__({
             "act": In(simd),
             "weight": In(simd),
@@ -351,6 +366,10 @@ class XnorPopcountPE(wiring.Component):
         return self._gain_format
 
     @property
+    def accumulator(self) -> str:
+        return self._accumulator
+
+    @property
     def tree(self) -> str:
         return self._tree
 
@@ -371,9 +390,10 @@ class XnorPopcountPE(wiring.Component):
 
     @property
     def low_width(self) -> int | None:
-        """Bits of the accumulator's low half (``None``: not split). The accumulator is
-        split where the high half keeps at least 2 bits and the low half holds a term and
-        the bits one Horner step shifts out of it."""
+        """Bits of the accumulator's low half when it is split (``None``: never split). A
+        split accumulator (``accumulator`` ``"split"``, or ``"auto"`` off ECP5) is split
+        where the high half keeps at least 2 bits and the low half holds a term and the
+        bits one Horner step shifts out of it."""
         if self._gain_format.kind == "sign":
             return None  # no shifts: one carry chain across the whole width is cheaper
         low = max(self.term_width, self._gain_format.max_step, (self._acc_width + 1) // 2)
@@ -436,7 +456,8 @@ class XnorPopcountPE(wiring.Component):
         # ``first`` clears the accumulator (a synchronous reset of its flip-flops, no
         # multiplexer in front of the adder) the cycle before the first term arrives.
         width = self._acc_width
-        low = self.low_width
+        single = self._accumulator == "single" or (self._accumulator == "auto" and _is_ecp5(platform))
+        low = None if single else self.low_width
         if low is None:
             acc = Signal(signed(width), reset_less=True)
             acc_next = Signal(signed(width))

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from amaranth.back import rtlil
 from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 from binforge.hw.pe import GainFormat, XnorPopcountPE, popcount_depth
@@ -113,15 +114,27 @@ def _wrap(value: int, width: int) -> int:
     return value - (1 << width) if value >> (width - 1) else value
 
 
+@pytest.mark.parametrize("gains", [(1, 2, 4, -8, 128), (3, -5, 1, 7)])
+def test_pe_single_accumulator_matches_reference(gains):
+    """Shift and multiply gains with one carry chain (ECP5's default) instead of halves."""
+    rng = np.random.default_rng(len(gains))
+    fmt = GainFormat(gains)
+    pe = XnorPopcountPE(8, (40 * 8 * fmt.largest).bit_length() + 2, fmt, accumulator="single")
+    beats = random_beats(rng, 8, gains, 40, "random")
+    assert run_pe(pe, beats) == reference_sums(beats)
+
+
+@pytest.mark.parametrize("accumulator", ["split", "single"])
 @pytest.mark.parametrize("simd,acc_width,sum_every", [(1, 24, 4), (4, 24, 4), (16, 24, 4), (4, 10, 12)])
-def test_pe_horner_steps(simd, acc_width, sum_every):
+def test_pe_horner_steps(simd, acc_width, sum_every, accumulator):
     """Horner format: before a beat the accumulator doubles ``step`` times, then adds +-count.
 
-    The accumulator is split in halves with a pending carry (``low_width``); the
-    10-bit case runs long sums that cross the halves' boundary and wrap the width."""
+    The accumulator split in halves with a pending carry (``low_width``) or one carry
+    chain (ECP5's default); the 10-bit case runs long sums that cross the halves'
+    boundary and wrap the width."""
     rng = np.random.default_rng(simd + acc_width)
     fmt = GainFormat.horner(3)
-    pe = XnorPopcountPE(simd, acc_width, fmt)
+    pe = XnorPopcountPE(simd, acc_width, fmt, accumulator=accumulator)
     assert pe.low_width is not None
     mask = (1 << simd) - 1
     beats, want, acc, first, biggest = [], [], 0, True, 0
@@ -175,8 +188,6 @@ class _ECP5:
 
 
 def _ccu2c_cells(pe) -> int:
-    from amaranth.back import rtlil
-
     return rtlil.convert(pe, name="pe", platform=_ECP5()).count("cell \\CCU2C ")
 
 
@@ -192,6 +203,25 @@ def test_pe_tree_choice():
     assert pe.tree == "auto"
     assert pe.low_width is None  # sign gains: one carry chain across the accumulator
     Fragment.get(pe, None)
+
+
+def test_pe_accumulator_choice():
+    """``"auto"``: one carry chain on ECP5 (fewer LUTs), halves with a pending carry
+    elsewhere; the split adds the halves' carry logic and the result's high-half adder."""
+    fmt = GainFormat.horner(3)
+
+    def adders(pe, platform):
+        return rtlil.convert(pe, name="pe", platform=platform).count("cell $add ")
+
+    split, single = XnorPopcountPE(32, 23, fmt, "adders", "split"), XnorPopcountPE(32, 23, fmt, "adders", "single")
+    assert adders(single, None) < adders(split, None)
+    assert adders(XnorPopcountPE(32, 23, fmt, "adders"), None) == adders(split, None)
+    assert adders(XnorPopcountPE(32, 23, fmt, "adders"), _ECP5()) == adders(single, _ECP5())
+
+
+def test_pe_rejects_bad_accumulator(rejects):
+    rejects(ValueError, "accumulator must be one of 'auto', 'split', 'single', not 'wide'",
+            XnorPopcountPE, 8, 16, GainFormat([1, -1]), "adders", "wide")
 
 
 def test_pe_rejects_bad_tree(rejects):
