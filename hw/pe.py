@@ -45,6 +45,12 @@ def _is_ecp5(platform) -> bool:
 #: ``_FEED`` (with ``C = 0, D = 1``): ``P = 0``, ``G = A^B``: the position passes the
 #: carry in to its sum and sends the bit ``A^B`` up the chain as the next adder's carry in.
 _ADD, _FEED = 0x6996, 0x0006
+#: ``_MUX_ADD``: ``P = (D ? A : C) ^ B``, so ``G = B`` (with ``C = D = 0`` the selected bit
+#: is 0): the position adds ``B`` to the bit ``D`` selects, ``A`` or ``C``, and where
+#: ``P`` is 0 the two are equal and the carry is ``B``: a 2:1 multiplexer in front of an
+#: adder inside the adder's own LUT4 (the Horner accumulator's ``acc << step``, step 0/1).
+_MUX_ADD = sum((((a if d else c) ^ b) << (d * 8 + c * 4 + b * 2 + a))
+               for a in (0, 1) for b in (0, 1) for c in (0, 1) for d in (0, 1))
 
 
 class _CarryChains:
@@ -81,6 +87,19 @@ class _CarryChains:
         chain.append([_FEED, (), (), out])  # the carry out; feeds the next adder
         return out
 
+    def mux_add(self, a, c, b, select, cin) -> list:
+        """Queue ``(select ? a : c) + b + cin`` over ``len(b)`` bits (the carry out dropped),
+        one chain of its own; ``a``, ``c``, ``b`` lists of bits, ``select`` and ``cin`` one
+        bit each. Returns a list that :meth:`emit` fills with the sum bits."""
+        out = []
+        chain = [[_FEED, (cin,), (), None]]
+        chain += [[_MUX_ADD, (ai, bi), (ci, select), out] for ai, ci, bi in zip(a, c, b, strict=True)]
+        if self._chains == [[]]:
+            self._chains = [chain]
+        else:
+            self._chains.append(chain)
+        return out
+
     def emit(self, m, platform, name: str) -> int:
         """Build the chains; returns the number of CCU2C cells."""
         zero, one = Const(0, 1), Const(1, 1)
@@ -93,7 +112,7 @@ class _CarryChains:
                 pins = {}
                 for h, (init, ab, cd, out) in enumerate(chain[j:j + 2]):
                     a, b = (list(ab) + [zero, zero])[:2]
-                    c, d = (list(cd) + [zero, zero])[:2] if init == _ADD else (zero, one)
+                    c, d = (list(cd) + [zero, zero])[:2] if init != _FEED else (zero, one)
                     s = Signal(name=f"{name}{k}_s{j + h}")
                     pins[h] = (init, a, b, c, d, s)
                     if out is not None:
@@ -461,7 +480,17 @@ class XnorPopcountPE(wiring.Component):
         if low is None:
             acc = Signal(signed(width), reset_less=True)
             acc_next = Signal(signed(width))
-            if fmt.kind == "horner":
+            if fmt.kind == "horner" and fmt.max_step == 1 and chains:
+                # ``(acc << step) + term + neg`` on one CCU2C chain, the shift's multiplexer
+                # inside the adder's LUT4s (``_MUX_ADD``), ``neg`` fed in as the carry.
+                shifted = [Const(0, 1)] + [acc[i] for i in range(width - 1)]
+                term_bits = [term[min(i, len(term) - 1)] for i in range(width)]
+                accumulate = _CarryChains()
+                sums = accumulate.mux_add(shifted, [acc[i] for i in range(width)], term_bits,
+                                          step[0], neg)
+                accumulate.emit(m, platform, "acc_cc")
+                m.d.comb += acc_next.eq(Cat(*sums))
+            elif fmt.kind == "horner":
                 m.d.comb += acc_next.eq((acc << step) + term + neg)
             else:
                 m.d.comb += acc_next.eq(acc + term + neg)

