@@ -52,20 +52,32 @@ BRAM_WRITE_ENABLES: dict[str, dict[int, int]] = {
 #: hierarchical Yosys statistics of whole builds (docs/RESULTS.md, "Boards"):
 #: per XNOR-popcount lane (XOR + popcount tree), plus per lane of PEs with 32 lanes or
 #: more (iCE40: those trees' registered levels take cells of their own; fitted to
-#: 6x1x32 and 4x1x64 builds); per PE accumulator bit (adder, result and term registers); per array column (window address generation, buffer read and
-#: pad muxes) plus per column lane; a fixed part (sequencer, output stage, pool engine,
-#: loader, host link, UART); ``cell_factor`` turns LUTs into the device's logic cells
-#: (iCE40: flip-flops and carries that get a cell of their own); ``per_hold_bit``: the
-#: output stage's copy of the array's results (``plan.hold_results``, R x C x pe_width
-#: enabled flip-flops): a cell each on iCE40, none on the LUT count elsewhere (the
-#: flip-flops pack beside the LUTs; the drain multiplexer is there either way).
+#: 6x1x32 and 4x1x64 builds); per PE accumulator bit (adder, result and term registers);
+#: per array column (window address generation, buffer read and pad muxes, each
+#: column's copy of the buffers' logic) plus per column lane; per array row (the output
+#: stage's threshold compare and its row multiplexers for the affine layer) and per bit
+#: of the output stage's column multiplexer (R x (C - 1) x pe_width); a fixed part
+#: (sequencer, output stage, pool engine, loader, host link, UART); ``cell_factor``
+#: turns LUTs into the device's logic cells (iCE40: flip-flops and carries that get a
+#: cell of their own); ``per_hold_bit``: the output stage's copy of the array's results
+#: (``plan.hold_results``, R x C x pe_width enabled flip-flops): a cell each on iCE40,
+#: none on the LUT count elsewhere (the flip-flops pack beside the LUTs; the drain
+#: multiplexer is there either way).
+#:
+#: ECP5 was refitted to three synthesised designs after the area changes of
+#: docs/RESULTS.md, "Where the LUTs of a whole accelerator go" (the distilled PaBT
+#: network at 32x2x32 and 16x4x32, a digits MLP at 8x1x16: -0.6 % to +2.2 % on the
+#: three): a PE costs 1.8 LUT4 per lane (the CCU2C tree) plus one per accumulator bit. iCE40 and Xilinx 7 keep their earlier fit (no row or multiplexer terms).
 LOGIC_MODEL: dict[str, dict[str, float]] = {
     "ice40": {"per_lane": 5.5, "per_lane_deep": 3.8, "per_acc_bit": 2.0, "per_column": 300.0,
-              "per_column_lane": 2.7, "fixed": 1560.0, "cell_factor": 1.2, "per_hold_bit": 1.0},
-    "ecp5": {"per_lane": 5.0, "per_lane_deep": 0.0, "per_acc_bit": 2.0, "per_column": 300.0,
-             "per_column_lane": 2.7, "fixed": 1560.0, "cell_factor": 1.0, "per_hold_bit": 0.0},
+              "per_column_lane": 2.7, "fixed": 1560.0, "cell_factor": 1.2, "per_hold_bit": 1.0,
+              "per_row": 0.0, "per_mux_bit": 0.0},
+    "ecp5": {"per_lane": 1.8, "per_lane_deep": 0.0, "per_acc_bit": 1.0, "per_column": 912.0,
+             "per_column_lane": 2.7, "fixed": 1139.0, "cell_factor": 1.0, "per_hold_bit": 0.0,
+             "per_row": 117.0, "per_mux_bit": 1.63},
     "xilinx7": {"per_lane": 3.0, "per_lane_deep": 0.0, "per_acc_bit": 1.0, "per_column": 200.0,
-                "per_column_lane": 2.0, "fixed": 1100.0, "cell_factor": 1.0, "per_hold_bit": 0.0},
+                "per_column_lane": 2.0, "fixed": 1100.0, "cell_factor": 1.0, "per_hold_bit": 0.0,
+                "per_row": 0.0, "per_mux_bit": 0.0},
 }
 
 
@@ -89,7 +101,9 @@ def estimate_logic(plan, family: str) -> float:
     per_pe = plan.pe_width * model["per_acc_bit"] + gain_logic(plan.gain_format, plan.simd)
     per_lane = model["per_lane"] + (model["per_lane_deep"] if plan.simd >= 32 else 0.0)
     luts = (lanes * per_lane + pes * per_pe
-            + plan.cols * (model["per_column"] + model["per_column_lane"] * plan.simd) + model["fixed"])
+            + plan.cols * (model["per_column"] + model["per_column_lane"] * plan.simd) + model["fixed"]
+            + plan.rows * model["per_row"]
+            + plan.rows * (plan.cols - 1) * plan.pe_width * model["per_mux_bit"])
     hold = pes * plan.pe_width * model["per_hold_bit"] if plan.hold_results else 0.0
     return luts * model["cell_factor"] + hold
 
