@@ -122,9 +122,9 @@ class OutputStage(wiring.Component):
         pg_last = Signal()
         cg_last = Signal()
         const_group = Signal(range(const_depth + 1))
-        # The constants ROM's read address, const_group + (row if affine else plane), kept
-        # in a register of its own (no adder before the ROM's decode). It is exact in every
-        # cycle whose read is used (busy): set with plane (row) = 0, stepped with it.
+        # The constants ROM's read address, const_group + (0 if affine else plane), kept in
+        # a register of its own (no adder before the ROM's decode). It is exact in every
+        # cycle whose read is used (busy): set with plane = 0, stepped with plane.
         const_addr = Signal(len(const_rd.addr))
         last_cols = Signal(range(max(cols, 2)))
         m.d.comb += [pg_last.eq(pg == desc.pgl), cg_last.eq(cg == desc.cgl),
@@ -167,13 +167,11 @@ class OutputStage(wiring.Component):
                          rows_valid.eq(Mux(desc.out_c - cg_r >= rows, rows, desc.out_c - cg_r))]
         with m.Elif(busy):
             with m.If(desc.affine):
-                # column outer, row inner; the constants ROM holds a word per row
+                # column outer, row inner
                 with m.If(row == rows - 1):
-                    m.d.sync += [row.eq(0), col.eq(col + 1), idx_row.eq(idx_cg),
-                                 const_addr.eq(const_group)]
+                    m.d.sync += [row.eq(0), col.eq(col + 1), idx_row.eq(idx_cg)]
                 with m.Else():
-                    m.d.sync += [row.eq(row + 1), idx_row.eq(idx_row + desc.hw_out),
-                                 const_addr.eq(const_addr + 1)]
+                    m.d.sync += [row.eq(row + 1), idx_row.eq(idx_row + desc.hw_out)]
             with m.Elif(step):
                 # plane outer, column, word inner
                 with m.If(word == desc.drain_wordsl):
@@ -254,15 +252,14 @@ class OutputStage(wiring.Component):
                          hi_eq[r].eq(p[half:] == e.value[half:]),
                          lo_le[r].eq(p[:half] <= e.value[:half]),
                          flips[r].eq(e.flip), valids[r].eq(e.valid)]
-        # The affine layer's row: its constant is field 0 of the row's own ROM word, and
-        # its result is picked from the registered column (an R:1 multiplexer after D1,
-        # not an R*C:1 one before it).
-        row_entry = entries[0]
+        # The affine layer's row: its constant, and its result picked from the registered
+        # column (an R:1 multiplexer after D1, not an R*C:1 one before it).
+        row_entry = Signal(const_layout)
         row_one = Signal(signed(pw))
         with m.Switch(d1_row):
             for r in range(rows):
                 with m.Case(r):
-                    m.d.comb += row_one.eq(d1_results[r * pw:(r + 1) * pw])
+                    m.d.comb += [row_entry.eq(entries[r]), row_one.eq(d1_results[r * pw:(r + 1) * pw])]
 
         # ---- D1b: the halves' flags registered -> bits; the row's entry -> logit ------------
         c_hi_lt, c_hi_eq, c_lo_le = Signal(rows), Signal(rows), Signal(rows)

@@ -485,15 +485,14 @@ def _compute_plan(index, layer, rows, cols, simd, max_skew, weight_base, const_b
     # Per-channel constants. acc = bias + K*sum(gains) - 2*P, P = the PE's result.
     k = layer.fan_in
     offset = np.asarray(layer.bias, dtype=np.int64) + k * sum(op.gain for op in ops)
-    rows_out = []  # one entry per (channel group, plane | row): R x (value, flip, valid)
+    rows_out = []  # one entry per (channel group[, plane]): R x (value, flip, valid)
     if affine:
-        # One word per row, its offset in field 0: the output stage drains one row per
-        # cycle and steps the ROM's address with it (no R:1 multiplexer of constants).
         for cg in range(cg_count):
+            entry = []
             for r in range(rows):
                 ch = cg * rows + r
-                first = (int(offset[ch]), 0, 1) if ch < out_c else (0, 0, 0)
-                rows_out.append([first] + [(0, 0, 0)] * (rows - 1))
+                entry.append((int(offset[ch]), 0, 1) if ch < out_c else (0, 0, 0))
+            rows_out.append(entry)
     else:
         t = np.asarray(layer.output.thresholds, dtype=np.int64)
         flip = np.asarray(layer.output.flip, dtype=np.int64)
