@@ -204,6 +204,7 @@ def _memories(plan) -> list[tuple[str, str, int, int, int, int | None]]:
     memories = [
         ("weights", "rom", plan.rows * s, int(len(plan.weight_rom)), 1, None),
         ("thresholds_and_biases", "rom", plan.const_width, int(len(plan.const_rom)), 1, None),
+        ("affine_constants", "rom", plan.affine_width, max(1, len(plan.affine_rom)), 1, None),
         # Each activation buffer is replicated once per array column and written a whole
         # S-bit word at a time (the sequencer merges partial writes: hw/sequencer.py).
         ("activations_0", "ram", s, plan.buffer_depths[0], plan.cols, None),

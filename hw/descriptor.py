@@ -109,7 +109,8 @@ class DescriptorFormat:
             "out_dense": int(p.out_dense), "out_pos_stride": p.out_pos_stride,
             "out_plane_bits": p.out_plane_words * s, "out_pg_bits": cols * p.out_pos_stride,
             "out_c": p.out_c, "const_base": p.const_base,
-            "const_group_step": max(p.out_planes, 1), "hw_out": p.out_h * p.out_w,
+            "const_group_step": plan.rows if p.affine else max(p.out_planes, 1),
+            "hw_out": p.out_h * p.out_w,
         }
         return {**self._blank(), **common, **compute}
 

@@ -105,6 +105,12 @@ class OutputStage(wiring.Component):
             shape=unsigned(plan.const_width), depth=const_depth,
             init=[int(v) for v in plan.const_rom] or [0])
         const_rd = consts.read_port()
+        # The affine layer's constants: a word per output channel, read at the row drained.
+        affine_depth = max(1, len(plan.affine_rom))
+        m.submodules.affine_consts = affine_consts = memory.Memory(
+            shape=unsigned(plan.affine_width), depth=affine_depth,
+            init=list(plan.affine_rom) or [0])
+        affine_rd = affine_consts.read_port()
 
         # ---- D0: loop counters --------------------------------------------------------
         most_words = max((p.drain_words for p in plan.layers if p.kind == "compute"), default=1)
@@ -121,11 +127,12 @@ class OutputStage(wiring.Component):
         rows_valid = Signal(range(rows + 1))  # min(rows, out_c - cg_r)
         pg_last = Signal()
         cg_last = Signal()
-        const_group = Signal(range(const_depth + 1))
-        # The constants ROM's read address, const_group + (0 if affine else plane), kept in
-        # a register of its own (no adder before the ROM's decode). It is exact in every
-        # cycle whose read is used (busy): set with plane = 0, stepped with plane.
-        const_addr = Signal(len(const_rd.addr))
+        const_group = Signal(range(max(const_depth, affine_depth) + 1))
+        # The constants ROMs' read address: const_group + plane (threshold layers, the
+        # constants ROM) or + row (the affine layer, its own ROM), kept in a register of
+        # its own (no adder before the ROM's decode). It is exact in every cycle whose read
+        # is used (busy): set with plane (row) = 0, stepped with it.
+        const_addr = Signal(max(len(const_rd.addr), len(affine_rd.addr)))
         last_cols = Signal(range(max(cols, 2)))
         m.d.comb += [pg_last.eq(pg == desc.pgl), cg_last.eq(cg == desc.cgl),
                      last_cols.eq(Mux(pg_last, desc.last_colsl, cols - 1))]
@@ -167,11 +174,13 @@ class OutputStage(wiring.Component):
                          rows_valid.eq(Mux(desc.out_c - cg_r >= rows, rows, desc.out_c - cg_r))]
         with m.Elif(busy):
             with m.If(desc.affine):
-                # column outer, row inner
+                # column outer, row inner; the affine ROM's address follows the row
                 with m.If(row == rows - 1):
-                    m.d.sync += [row.eq(0), col.eq(col + 1), idx_row.eq(idx_cg)]
+                    m.d.sync += [row.eq(0), col.eq(col + 1), idx_row.eq(idx_cg),
+                                 const_addr.eq(const_group)]
                 with m.Else():
-                    m.d.sync += [row.eq(row + 1), idx_row.eq(idx_row + desc.hw_out)]
+                    m.d.sync += [row.eq(row + 1), idx_row.eq(idx_row + desc.hw_out),
+                                 const_addr.eq(const_addr + 1)]
             with m.Elif(step):
                 # plane outer, column, word inner
                 with m.If(word == desc.drain_wordsl):
@@ -194,7 +203,7 @@ class OutputStage(wiring.Component):
                     m.d.sync += [cg.eq(cg + 1), cg_r.eq(cg_r + rows), idx_cg.eq(idx_cg + desc.hw_out * rows),
                                  const_group.eq(const_group + desc.const_group_step)]
 
-        m.d.comb += const_rd.addr.eq(const_addr)
+        m.d.comb += [const_rd.addr.eq(const_addr), affine_rd.addr.eq(const_addr)]
 
         # The results a group's drain reads: with ``plan.hold_results`` a copy of the
         # array's results taken at ``group_done``, so the next group's sums may land in the
@@ -252,14 +261,15 @@ class OutputStage(wiring.Component):
                          hi_eq[r].eq(p[half:] == e.value[half:]),
                          lo_le[r].eq(p[:half] <= e.value[:half]),
                          flips[r].eq(e.flip), valids[r].eq(e.valid)]
-        # The affine layer's row: its constant, and its result picked from the registered
-        # column (an R:1 multiplexer after D1, not an R*C:1 one before it).
-        row_entry = Signal(const_layout)
+        # The affine layer's row: its constant from its own ROM (read at the row), and its
+        # result picked from the registered column (an R:1 multiplexer after D1, not an
+        # R*C:1 one before it).
+        row_entry = data.View(const_layout, affine_rd.data)
         row_one = Signal(signed(pw))
         with m.Switch(d1_row):
             for r in range(rows):
                 with m.Case(r):
-                    m.d.comb += [row_entry.eq(entries[r]), row_one.eq(d1_results[r * pw:(r + 1) * pw])]
+                    m.d.comb += row_one.eq(d1_results[r * pw:(r + 1) * pw])
 
         # ---- D1b: the halves' flags registered -> bits; the row's entry -> logit ------------
         c_hi_lt, c_hi_eq, c_lo_le = Signal(rows), Signal(rows), Signal(rows)

@@ -202,6 +202,9 @@ class NetworkPlan:
     const_value_width: int
     weight_rom: np.ndarray = field(repr=False)  # object array of python ints (R*S bits each)
     const_rom: np.ndarray = field(repr=False)   # object array of python ints
+    #: The affine layer's constants, a word per output channel (its (value, flip, valid)
+    #: field): the output stage reads the row it drains, no R:1 multiplexer.
+    affine_rom: tuple[int, ...] = field(default=(), repr=False)
     buffer_depths: tuple[int, int] = (1, 1)
     logits_depth: int = 1
     input_layout: TensorLayout | None = None
@@ -224,6 +227,11 @@ class NetworkPlan:
         return self.rows * (self.const_value_width + 2)
 
     @property
+    def affine_width(self) -> int:
+        """Bits of an affine constant word (one (value, flip, valid) field)."""
+        return self.const_value_width + 2
+
+    @property
     def max_skew(self) -> int:
         return (self.rows - 1) // self.relay + (self.cols - 1) // self.relay
 
@@ -236,7 +244,8 @@ class NetworkPlan:
         s = self.simd
         return {
             "weights": int(len(self.weight_rom)) * self.rows * s,
-            "thresholds_and_biases": int(len(self.const_rom)) * self.const_width,
+            "thresholds_and_biases": (int(len(self.const_rom)) * self.const_width
+                                      + len(self.affine_rom) * self.affine_width),
             "activations": self.cols * (self.buffer_depths[0] + self.buffer_depths[1]
                                         + self.image_depth) * s,
             "logits": self.logits_depth * OUT_DATA_WIDTH,
@@ -620,19 +629,34 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
             depths[i % 2] = max(depths[i % 2], layout.words)
     weight_rom = np.concatenate([p.weight_words for p in computes])
     cvw = const_value_width
-    const_words = []
-    for p in computes:
+
+    def field_of(value, flip, valid) -> int:
+        return (int(value) & ((1 << cvw) - 1)) | (int(flip) << cvw) | (int(valid) << (cvw + 1))
+
+    # Threshold layers: a word of R fields per (channel group, plane), in the constants
+    # ROM. Affine layers: a word per (channel group, row) in a ROM of their own, based
+    # at 0 there (descriptor ``const_base``; the group steps by R).
+    const_words, affine_words = [], []
+    main_base = 0
+    for i, p in enumerate(layers):
+        if p.kind != "compute":
+            continue
+        if p.affine:
+            layers[i] = dataclasses.replace(p, const_base=len(affine_words))
+            affine_words += [field_of(*field_) for entry in p.const_rows for field_ in entry]
+            continue
+        layers[i] = dataclasses.replace(p, const_base=main_base)
         for entry in p.const_rows:
             word = 0
-            for r, (value, flip, valid) in enumerate(entry):
-                field_ = (int(value) & ((1 << cvw) - 1)) | (int(flip) << cvw) | (int(valid) << (cvw + 1))
-                word |= field_ << (r * (cvw + 2))
+            for r, field_ in enumerate(entry):
+                word |= field_of(*field_) << (r * (cvw + 2))
             const_words.append(word)
+        main_base += len(p.const_rows)
     return NetworkPlan(
         net=net, rows=rows, cols=cols, simd=simd, relay=relay, layers=tuple(layers),
         gain_format=gain_format, pe_width=pe_width, const_value_width=const_value_width,
         weight_rom=weight_rom, const_rom=np.array(const_words, dtype=object),
-        buffer_depths=(depths[0], depths[1]), logits_depth=max(net.num_classes, 1),
+        affine_rom=tuple(affine_words), buffer_depths=(depths[0], depths[1]), logits_depth=max(net.num_classes, 1),
         input_layout=layouts[0],
         image_init=tuple(im2col_init(layouts[0])) if layouts[0].im2col else (),
         affine_shift=layers[-1].e_last, hold_results=hold_results,
