@@ -106,3 +106,26 @@ def test_shift_mode_expands_ops_and_multiply_keeps_them():
 def test_unknown_gain_mode_is_refused(rejects):
     rejects(ValueError, "gain_mode must be one of shift, multiply, not 'fast'",
             plan_network, small_network(1), 2, 2, 4, gain_mode="fast")
+
+
+def test_affine_constants_have_a_rom_of_their_own():
+    """The affine layer's constants: a word per (channel group, row) in ``affine_rom``,
+    based at 0 there; the constants ROM holds the threshold layers only."""
+    from binforge.hw.descriptor import DescriptorFormat
+
+    net = small_network(3)
+    rows = 3
+    plan = plan_network(net, rows, 2, 4)
+    last = plan.layers[-1]
+    assert last.affine and last.const_base == 0
+    assert len(plan.affine_rom) == last.channel_groups * rows
+    thresholds = [p for p in plan.layers if p.kind == "compute" and not p.affine]
+    assert len(plan.const_rom) == sum(len(p.const_rows) for p in thresholds)
+    assert DescriptorFormat(plan).values[-1]["const_group_step"] == rows
+    cvw = plan.const_value_width
+    mask = (1 << cvw) - 1
+    for k, word in enumerate(plan.affine_rom):
+        value, flip, valid = last.const_rows[k // rows][k % rows]
+        assert word == (int(value) & mask) | (int(flip) << cvw) | (int(valid) << (cvw + 1))
+    assert plan.memory_bits()["thresholds_and_biases"] == (len(plan.const_rom) * plan.const_width
+                                                           + len(plan.affine_rom) * (cvw + 2))
