@@ -44,6 +44,11 @@ class Accelerator(wiring.Component):
     gain_mode : str
         ``"shift"`` (default): gains that are not powers of two run as one op per signed
         digit, the PEs only shift; ``"multiply"``: PEs multiply, every op runs once.
+    image_banks : ``"auto"``, None or int
+        The im2col image memory in banks, each read into a register of its own
+        (:func:`~binforge.hw.sequencer.image_bank_depth`): ``"auto"`` (default) one
+        DP16KD deep on ECP5, one memory elsewhere; ``None`` never; a power of two: words
+        per bank. Same cycles and memory bits either way.
 
     Members
     -------
@@ -73,11 +78,11 @@ class Accelerator(wiring.Component):
     """
 
     def __init__(self, net: Network, rows: int, cols: int, simd: int, relay: int = DEFAULT_RELAY,
-                 gain_mode: str = DEFAULT_GAIN_MODE):
+                 gain_mode: str = DEFAULT_GAIN_MODE, *, image_banks="auto"):
         if not isinstance(net, Network):
             raise TypeError(f"net must be a binforge.compiler.ir.Network, not {type(net).__name__}")
         self._plan = plan_network(net, rows, cols, simd, relay, gain_mode)
-        self._sequencer = LayerSequencer(self._plan)
+        self._sequencer = LayerSequencer(self._plan, image_banks=image_banks)
         super().__init__({
             "pixels": In(stream.Signature(8)),
             "result": Out(stream.Signature(ResultLayout)),

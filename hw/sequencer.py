@@ -29,6 +29,36 @@ def _addr_width(depth: int) -> int:
     return max(1, (depth - 1).bit_length())
 
 
+#: ECP5 DP16KD configurations (depth, width), deepest first.
+_DP16KD_SHAPES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+
+
+def image_bank_depth(image_banks, simd: int, platform) -> int | None:
+    """Words per bank of the image memory (``None``: one memory, not banked).
+
+    ``image_banks`` is ``"auto"`` (on ECP5 a bank is one DP16KD deep at S-bit words, so
+    each block RAM's output ends in a register of its own before the bank multiplexer;
+    elsewhere, and in simulation, one memory), ``None`` (never banked) or a power of two
+    (words per bank, on any platform: how tests run the banked memory).
+    """
+    if image_banks is None:
+        return None
+    if image_banks == "auto":
+        if getattr(platform, "family", None) != "ecp5":
+            return None
+        return next((d for d, w in _DP16KD_SHAPES if w >= simd), 512)
+    return image_banks
+
+
+def _check_image_banks(image_banks):
+    if image_banks is None or image_banks == "auto":
+        return
+    if isinstance(image_banks, bool) or not isinstance(image_banks, int) or image_banks < 1 \
+            or image_banks & (image_banks - 1):
+        raise ValueError(f"image_banks must be 'auto', None or a power of two (words per bank), "
+                         f"not {image_banks!r}")
+
+
 def debug_signature(plan: NetworkPlan, act_addr_width: int) -> wiring.Signature:
     """The debug tap: which layer runs, when it starts, and every write it makes.
 
@@ -80,12 +110,19 @@ class LayerSequencer(wiring.Component):
         The debug tap (layer index, layer start, activation and logit writes).
 
     Latency: ``busy`` lasts :func:`~binforge.hw.plan.analytic_cycles` ``["total"]`` cycles.
+
+    ``image_banks`` (see :func:`image_bank_depth`) splits the im2col image memory into
+    banks, each read into a register of its own; the bank multiplexer then shares the
+    cycle of the source/pad select (no block RAM clock-to-output before it). Same cycles,
+    same memory bits.
     """
 
-    def __init__(self, plan: NetworkPlan):
+    def __init__(self, plan: NetworkPlan, *, image_banks="auto"):
         if not isinstance(plan, NetworkPlan):
             raise TypeError(f"plan must be a NetworkPlan, not {plan!r}")
+        _check_image_banks(image_banks)
         self._plan = plan
+        self._image_banks = image_banks
         self._format = DescriptorFormat(plan)
         self._act_aw = _addr_width(max(*plan.buffer_depths, plan.image_depth))
         self._logit_aw = _addr_width(plan.logits_depth)
@@ -231,8 +268,46 @@ class LayerSequencer(wiring.Component):
         merge_read = [Signal(name=f"mem{b}_merge_read") for b in range(n_mems)]
         request_addr = Signal(aw)
         read_data = [[None] * cols for _ in range(n_mems)]
+        # The image memory in banks (``image_banks``): bank ``addr >> bank_bits`` holds the
+        # word at ``addr``'s low bits; each bank's read register is enabled in cycles
+        # without a write to that bank, and the bank index follows the read by a register.
+        bank_depth = image_bank_depth(self._image_banks, s, platform) if image else None
+        banks = -(-plan.image_depth // bank_depth) if bank_depth else 1
+        bank_bits = (bank_depth - 1).bit_length() if banks > 1 else 0
+        bank_select = [None] * cols
         for b in range(n_mems):
             for c in range(cols):
+                addr = window.addr[c * aw:(c + 1) * aw]
+                if c == 0 and (pool is not None or b in mergeable):
+                    addr = Signal(aw, name=f"mem{b}_read_addr")
+                    m.d.comb += addr.eq(window.addr[:aw])
+                    if pool is not None and b < 2:
+                        with m.If(desc.pool):
+                            m.d.comb += addr.eq(pool.rd_addr)
+                    if b in mergeable:
+                        with m.If(merge_read[b]):
+                            m.d.comb += addr.eq(request_addr)
+                if b == 2 and banks > 1:
+                    bank_data = []
+                    for k in range(banks):
+                        lo = k * bank_depth
+                        words = plan.image_init[lo:lo + bank_depth]
+                        mem = memory.Memory(shape=unsigned(s), depth=len(words), init=list(words))
+                        m.submodules[f"image_col{c}_bank{k}"] = mem
+                        rd, wr = mem.read_port(domain="comb"), mem.write_port()
+                        bank_we = Signal(name=f"image_col{c}_bank{k}_write")
+                        m.d.comb += [bank_we.eq(write_en[b] & (write_addr[bank_bits:] == k)),
+                                     wr.addr.eq(write_addr[:bank_bits]), wr.data.eq(write_data),
+                                     wr.en.eq(bank_we), rd.addr.eq(addr[:bank_bits])]
+                        data = Signal(s, name=f"image_col{c}_bank{k}_data", reset_less=True)
+                        with m.If(~bank_we):
+                            m.d.sync += data.eq(rd.data)
+                        bank_data.append(data)
+                    select = Signal(range(banks), name=f"image_col{c}_bank", reset_less=True)
+                    m.d.sync += select.eq(addr[bank_bits:])
+                    read_data[b][c] = bank_data
+                    bank_select[c] = select
+                    continue
                 if b == 2:
                     mem = memory.Memory(shape=unsigned(s), depth=plan.image_depth,
                                         init=list(plan.image_init))
@@ -246,16 +321,6 @@ class LayerSequencer(wiring.Component):
                 data = Signal(s, name=f"mem{b}_col{c}_data", reset_less=True)
                 with m.If(~write_en[b]):
                     m.d.sync += data.eq(rd.data)
-                addr = window.addr[c * aw:(c + 1) * aw]
-                if c == 0 and (pool is not None or b in mergeable):
-                    addr = Signal(aw, name=f"mem{b}_read_addr")
-                    m.d.comb += addr.eq(window.addr[:aw])
-                    if pool is not None and b < 2:
-                        with m.If(desc.pool):
-                            m.d.comb += addr.eq(pool.rd_addr)
-                    if b in mergeable:
-                        with m.If(merge_read[b]):
-                            m.d.comb += addr.eq(request_addr)
                 m.d.comb += rd.addr.eq(addr)
                 read_data[b][c] = data
         # The weight ROM is read one cycle after the activation memories (its address
@@ -285,8 +350,21 @@ class LayerSequencer(wiring.Component):
         for c in range(cols):
             held = []
             for b in range(n_mems):
-                reg = Signal(s, name=f"read{b}_col{c}", reset_less=True)
-                m.d.sync += reg.eq(read_data[b][c])
+                if b == 2 and banks > 1:
+                    # Each bank's word in a register of its own, then the bank multiplexer.
+                    select = Signal.like(bank_select[c], name=f"read2_col{c}_bank")
+                    m.d.sync += select.eq(bank_select[c])
+                    bank_regs = [Signal(s, name=f"read2_col{c}_bank{k}", reset_less=True)
+                                 for k in range(banks)]
+                    m.d.sync += [r.eq(data) for r, data in zip(bank_regs, read_data[b][c])]
+                    reg = Signal(s, name=f"read2_col{c}")
+                    with m.Switch(select):
+                        for k, bank_reg in enumerate(bank_regs):
+                            with m.Case(k):
+                                m.d.comb += reg.eq(bank_reg)
+                else:
+                    reg = Signal(s, name=f"read{b}_col{c}", reset_less=True)
+                    m.d.sync += reg.eq(read_data[b][c])
                 held.append(reg)
                 if c == 0:
                     held_words[b] = reg

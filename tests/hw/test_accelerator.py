@@ -6,6 +6,7 @@ import pytest
 from accel_harness import run_accelerator
 from binforge.hw.accelerator import Accelerator
 from binforge.hw.plan import analytic_cycles, plan_network
+from binforge.hw.sequencer import image_bank_depth
 from binforge.sim.golden import run_network
 from networks import conv_logits_network, linear_stack_network, small_network, strided_first_network
 
@@ -18,10 +19,10 @@ def images_for(net, count, seed):
     return images
 
 
-def check(net, rows, cols, simd, count=1, stall_seed=None, gain_mode="shift"):
+def check(net, rows, cols, simd, count=1, stall_seed=None, gain_mode="shift", image_banks="auto"):
     images = images_for(net, count, rows * 7 + cols)
     golden = run_network(net, images)
-    acc = Accelerator(net, rows, cols, simd, gain_mode=gain_mode)
+    acc = Accelerator(net, rows, cols, simd, gain_mode=gain_mode, image_banks=image_banks)
     assert acc.plan.gain_format.kind in (("multiply",) if gain_mode == "multiply" else ("horner", "sign"))
     classes, logits, cycles = run_accelerator(acc, images, stall_seed=stall_seed)
     np.testing.assert_array_equal(logits, golden.logits)
@@ -60,6 +61,37 @@ def test_strided_first_layer_from_im2col_image_memory(pad_bit):
     assert plan.input_layout.im2col is not None and plan.image_depth > 0
     assert any(plan.image_init) == bool(pad_bit)
     check(net, 2, 2, 8, stall_seed=pad_bit)
+
+
+@pytest.mark.parametrize("pad_bit,bank_depth", [(0, 32), (1, 16), (1, 128)])
+def test_im2col_image_memory_in_banks(pad_bit, bank_depth):
+    # 216 words: 7, 14 or 2 banks, the last one partly used; the loader's merges read the
+    # word through the bank multiplexer, the first layer's windows span banks
+    net = strided_first_network(13, pad_bit)
+    assert plan_network(net, 2, 2, 8).image_depth == 216
+    check(net, 2, 2, 8, count=2, stall_seed=pad_bit + 2, image_banks=bank_depth)
+
+
+@pytest.mark.parametrize("image_banks", [0, 3, 48, -8, 2.0, True, "8"])
+def test_image_banks_must_be_a_power_of_two(rejects, image_banks):
+    rejects(ValueError, f"image_banks must be 'auto', None or a power of two (words per bank), "
+            f"not {image_banks!r}", Accelerator, strided_first_network(13, 0), 2, 2, 8,
+            image_banks=image_banks)
+
+
+def test_image_banks_auto_is_one_dp16kd_deep_on_ecp5_only():
+    class Platform:
+        def __init__(self, family):
+            self.family = family
+    assert image_bank_depth("auto", 32, Platform("ecp5")) == 512
+    assert image_bank_depth("auto", 64, Platform("ecp5")) == 512
+    assert image_bank_depth("auto", 16, Platform("ecp5")) == 1024
+    assert image_bank_depth("auto", 8, Platform("ecp5")) == 2048
+    assert image_bank_depth("auto", 1, Platform("ecp5")) == 16384
+    assert image_bank_depth("auto", 32, Platform("ice40")) is None
+    assert image_bank_depth("auto", 32, None) is None
+    assert image_bank_depth(None, 32, Platform("ecp5")) is None
+    assert image_bank_depth(64, 32, None) == 64
 
 
 def test_drain_of_held_results_overlaps_the_next_group():

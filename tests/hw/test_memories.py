@@ -13,12 +13,15 @@ from binforge.hw.accelerator import Accelerator
 from networks import small_network, strided_first_network
 
 
-@pytest.mark.parametrize("net,rows,cols,simd,memories", [
-    (strided_first_network(13, 1), 2, 2, 8, ("buffer0", "buffer1", "image")),  # loader merges into the image
-    (small_network(3), 1, 1, 2, ("buffer0", "buffer1")),  # read-modify-write layers, pool engine
+@pytest.mark.parametrize("net,rows,cols,simd,memories,image_banks", [
+    (strided_first_network(13, 1), 2, 2, 8, ("buffer0", "buffer1", "image"), None),  # loader merges into the image
+    # the image memory in four banks (216 words, 64 per bank): each bank's own write enable
+    (strided_first_network(13, 1), 2, 2, 8, ("buffer0", "buffer1") + tuple(f"image_col{{c}}_bank{k}" for k in range(4)),
+     64),
+    (small_network(3), 1, 1, 2, ("buffer0", "buffer1"), None),  # read-modify-write layers, pool engine
 ])
-def test_no_read_ever_collides_with_a_write(tmp_path, net, rows, cols, simd, memories):
-    acc = Accelerator(net, rows, cols, simd)
+def test_no_read_ever_collides_with_a_write(tmp_path, net, rows, cols, simd, memories, image_banks):
+    acc = Accelerator(net, rows, cols, simd, image_banks=image_banks)
     (tmp_path / "top.il").write_text(rtlil.convert(acc, name="top"))
     # The front of synth_*: the FF after each asynchronous read port merges into a
     # synchronous port, and Yosys decides what a read of the address being written gives.
@@ -28,7 +31,7 @@ def test_no_read_ever_collides_with_a_write(tmp_path, net, rows, cols, simd, mem
     log = (tmp_path / "yosys.log").read_text()
     ports = re.findall(r"Checking read port `\\sequencer\.(\w+)'\[0\] in module `\\top':\n(.*)\n(.*)\n", log)
     seen = {name: (merge.strip(), collision.strip()) for name, merge, collision in ports}
-    expected = {f"{mem}_col{c}" for mem in memories for c in range(cols)}
+    expected = {mem.format(c=c) if "{c}" in mem else f"{mem}_col{c}" for mem in memories for c in range(cols)}
     assert set(seen) >= expected
     for name in expected:
         assert seen[name] == ("merging output FF to cell.", "Write port 0: don't care on collision."), name
