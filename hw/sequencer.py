@@ -356,7 +356,7 @@ class LayerSequencer(wiring.Component):
                     m.d.sync += select.eq(bank_select[c])
                     bank_regs = [Signal(s, name=f"read2_col{c}_bank{k}", reset_less=True)
                                  for k in range(banks)]
-                    m.d.sync += [r.eq(data) for r, data in zip(bank_regs, read_data[b][c])]
+                    m.d.sync += [r.eq(data) for r, data in zip(bank_regs, read_data[b][c], strict=True)]
                     reg = Signal(s, name=f"read2_col{c}")
                     with m.Switch(select):
                         for k, bank_reg in enumerate(bank_regs):
