@@ -151,11 +151,20 @@ class Accelerator(wiring.Component):
             m.d.comb += [ty.eq(y + im2col.padding - ky), tx.eq(x + im2col.padding - kx)]
             yo, xo = Signal(range(im2col.out_h + 1)), Signal(range(im2col.out_w + 1))
             m.d.comb += [yo.eq(ty >> log_st), xo.eq(tx >> log_st)]
-            valid = ((ty >= 0) & (tx >= 0) & (ty[:log_st] == 0 if log_st else 1)
-                     & (tx[:log_st] == 0 if log_st else 1)
-                     & (yo < im2col.out_h) & (xo < im2col.out_w))
-            m.d.comb += bit_addr.eq(plane_acc + yo * (im2col.out_w * layout.pos_stride)
-                                    + xo * layout.pos_stride + (ky * kernel + kx) * im2col.in_c + channel)
+            # Two pipeline stages (the window's position and validity, then the address
+            # with its constant multiplies): the loader's state changes only after a
+            # ``go``, and ``go`` comes every LOAD_CYCLES_PER_BIT >= 3 cycles, so at the next
+            # one both stages hold what the state has been since.
+            yo_r, xo_r = Signal.like(yo), Signal.like(xo)
+            tap_r, valid_r, valid = Signal(aw), Signal(), Signal()
+            m.d.sync += [yo_r.eq(yo), xo_r.eq(xo),
+                         tap_r.eq(plane_acc + (ky * kernel + kx) * im2col.in_c + channel),
+                         valid_r.eq((ty >= 0) & (tx >= 0) & (ty[:log_st] == 0 if log_st else 1)
+                                    & (tx[:log_st] == 0 if log_st else 1)
+                                    & (yo < im2col.out_h) & (xo < im2col.out_w)),
+                         valid.eq(valid_r),
+                         bit_addr.eq(tap_r + yo_r * (im2col.out_w * layout.pos_stride)
+                                     + xo_r * layout.pos_stride)]
             last_tap = (ky == kernel - 1) & (kx == kernel - 1)
             fill = Const(0)
         lane = bit_addr[:log_s] if log_s else 0
