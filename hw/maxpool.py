@@ -32,7 +32,7 @@ class BitMaxPool(wiring.Component):
     start : In(1)
         Pulse: begin (in the cycle the descriptor is being loaded).
     rd_addr : Out(addr_width)
-        Source word address (read port, one cycle latency).
+        Source word address, registered (read port, one cycle latency after it).
     rd_data : In(simd)
         Source word read back.
     wr_addr, wr_data, wr_we : Out
@@ -40,7 +40,7 @@ class BitMaxPool(wiring.Component):
     drained : Out(1)
         High in the cycle the last write is issued.
 
-    Latency: ``1 + planes*Ho*Wo*cw*k*k + 2`` cycles from ``start`` to the cycle after
+    Latency: ``1 + planes*Ho*Wo*cw*k*k + 3`` cycles from ``start`` to the cycle after
     ``drained``.
     """
 
@@ -70,7 +70,9 @@ class BitMaxPool(wiring.Component):
         first_tap = (ky == 0) & (kx == 0)
         last_tap = (ky == d.kl) & (kx == d.kl)
         last_word = last_tap & (j == d.cwl) & (xo == d.pool_out_wl) & (yo == d.pool_out_hl) & (n == d.pool_planes_l)
-        m.d.comb += self.rd_addr.eq(base_n + base_y + base_x + j + tap)
+        # The read address in a register of its own (its adders then end in a flip-flop,
+        # not in the block RAM's address pins across the fabric).
+        m.d.sync += self.rd_addr.eq(base_n + base_y + base_x + j + tap)
 
         with m.If(self.start):
             m.d.sync += [busy.eq(1), n.eq(0), yo.eq(0), xo.eq(0), j.eq(0), ky.eq(0), kx.eq(0),
@@ -100,10 +102,13 @@ class BitMaxPool(wiring.Component):
                 with m.If(last_word):
                     m.d.sync += busy.eq(0)
 
-        # Read data comes back one cycle later: OR it into the window's word.
+        # Read data comes back two cycles later (address register, read): OR it into the
+        # window's word.
+        p0_valid, p0_first, p0_last, p0_end = Signal(), Signal(), Signal(), Signal()
         p1_valid, p1_first, p1_last, p1_end = Signal(), Signal(), Signal(), Signal()
-        m.d.sync += [p1_valid.eq(busy & ~self.start), p1_first.eq(first_tap), p1_last.eq(last_tap),
-                     p1_end.eq(busy & last_word & ~self.start)]
+        m.d.sync += [p0_valid.eq(busy & ~self.start), p0_first.eq(first_tap), p0_last.eq(last_tap),
+                     p0_end.eq(busy & last_word & ~self.start),
+                     p1_valid.eq(p0_valid), p1_first.eq(p0_first), p1_last.eq(p0_last), p1_end.eq(p0_end)]
         acc = Signal(self._simd, reset_less=True)
         combined = Signal(self._simd)
         m.d.comb += combined.eq(self.rd_data | acc)
