@@ -255,15 +255,14 @@ def array_bit_ops(net: Network) -> int:
 def image_cycles(plan, cycles: int) -> int:
     """Cycles of one image on the accelerator of ``plan`` (a ``NetworkPlan``), start pulse
     to last result word, with a source that offers a pixel every cycle and an always-ready
-    sink: loading (the loader's cycles per pixel, as ``hw.json`` states them), the network
-    (``cycles``), then the result stream. The result stream's ``2 * num_classes + 4``
-    cycles were measured in simulation (:func:`simulate_image` reports the real count, so
-    ``--validate`` shows any drift)."""
+    sink: loading (``hw.json``'s ``protocol.load_cycles``, exact), the network
+    (``cycles``), then the result stream. The ``2 * num_classes + 3`` cycles of the start
+    pulse, the run pulse and the result stream were measured in simulation
+    (:func:`simulate_image` reports the real count, so ``--validate`` shows any drift)."""
     from binforge.hw.generate import describe
 
     net = plan.net
-    per_pixel = int(describe(plan, {})["protocol"]["load_cycles_per_pixel"])
-    return per_pixel * net.input_shape.size + cycles + 2 * net.num_classes + 4
+    return int(describe(plan, {})["protocol"]["load_cycles"]) + cycles + 2 * net.num_classes + 3
 
 
 def golden_accuracy(net: Network, images: np.ndarray, labels: np.ndarray) -> float:

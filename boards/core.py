@@ -15,13 +15,11 @@ __all__ = ["BoardCore", "load_cycles_per_pixel"]
 
 
 def load_cycles_per_pixel(plan) -> int:
-    """Cycles the accelerator's loader spends on one pixel: two per bit plane (each bit is
-    merged into its memory word), times the first layer's window taps when it loads an
-    im2col image (as hw.json's protocol says)."""
-    from binforge.hw.accelerator import LOAD_CYCLES_PER_BIT
+    """Cycles the accelerator's loader needs from one pixel to the next
+    (:func:`binforge.hw.accelerator.load_cycles_per_pixel`, as hw.json's protocol says)."""
+    from binforge.hw.accelerator import load_cycles_per_pixel as per_pixel
 
-    im2col = getattr(plan.input_layout, "im2col", None) if hasattr(plan, "input_layout") else None
-    return LOAD_CYCLES_PER_BIT * 8 * (im2col.kernel ** 2 if im2col else 1)
+    return per_pixel(plan)
 
 
 class BoardCore(wiring.Component):

@@ -213,6 +213,8 @@ def _memories(plan) -> list[tuple[str, str, int, int, int, int | None]]:
     if plan.image_depth:
         # The im2col pixel tensor: a memory of its own per column, like the buffers.
         memories.append(("image", "ram", s, plan.image_depth, plan.cols, None))
+        # ... and the loader's pixel memory, a byte per pixel, from which it builds them.
+        memories.append(("pixels", "ram", 8, plan.pixel_depth, 1, None))
     memories += [
         ("logits", "ram", OUT_DATA_WIDTH, plan.logits_depth, 1, None),
         ("op_table", FORCED_BLOCK, _op_table_width(plan), n_ops, 1, None),

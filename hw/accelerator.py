@@ -6,15 +6,16 @@ gains, thresholds and biases are baked into the memories' initial contents.
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
-from amaranth.lib import data, stream, wiring
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from binforge.compiler.ir import INPUT_PLANES, Network
 
 from .plan import DEFAULT_GAIN_MODE, DEFAULT_RELAY, OUT_DATA_WIDTH, NetworkPlan, plan_network
 from .sequencer import LayerSequencer, debug_signature
 
-__all__ = ["Accelerator", "ResultLayout", "CYCLES_WIDTH", "LOAD_CYCLES_PER_BIT"]
+__all__ = ["Accelerator", "ResultLayout", "CYCLES_WIDTH", "LOAD_CYCLES_PER_BIT", "EXPAND_DRAIN_CYCLES",
+           "load_cycles", "load_cycles_per_pixel"]
 
 #: Width of the cycle counter.
 CYCLES_WIDTH = 32
@@ -22,6 +23,32 @@ CYCLES_WIDTH = 32
 #: (reads the word, writes it back whole two cycles later), so the loader's writes are
 #: three cycles apart.
 LOAD_CYCLES_PER_BIT = 3
+#: im2col window assembly: cycles from a window word's last pixel read to its first plane
+#: write (the tap's coordinates, the pixel address, the read, each registered).
+EXPAND_DRAIN_CYCLES = 3
+
+def load_cycles_per_pixel(plan: NetworkPlan) -> int:
+    """Cycles the loader needs from one pixel to the next: ``8 * LOAD_CYCLES_PER_BIT`` for a
+    plain input (each bit plane merged into its word), 1 for an im2col input (the pixels
+    go into a byte memory first; the windows are assembled after the last one)."""
+    return 1 if plan.input_layout.im2col is not None else LOAD_CYCLES_PER_BIT * INPUT_PLANES
+
+
+def load_cycles(plan: NetworkPlan) -> int:
+    """Cycles from the first cycle after ``start`` to the network's start, with a source
+    that offers a pixel every cycle: ``8 * LOAD_CYCLES_PER_BIT`` per pixel and 1 (the
+    first pixel's take) for a plain input; for an im2col input one cycle per pixel, then
+    per output position
+    ``k*k*Ci + W * (EXPAND_DRAIN_CYCLES + 8)`` to assemble and write its ``W`` window words
+    of 8 planes."""
+    layout, size = plan.input_layout, plan.net.input_shape.size
+    info = layout.im2col
+    if info is None:
+        return LOAD_CYCLES_PER_BIT * INPUT_PLANES * size + 1
+    words = layout.pos_stride // plan.simd
+    taps = info.kernel * info.kernel * info.in_c
+    return size + info.out_h * info.out_w * (taps + words * (EXPAND_DRAIN_CYCLES + INPUT_PLANES))
+
 
 #: One transfer of the result stream: the class index first, then every logit (signed,
 #: in the IR's (C, H, W) order); ``last`` marks the final logit.
@@ -101,6 +128,91 @@ class Accelerator(wiring.Component):
     def net(self) -> Network:
         return self._plan.net
 
+    def _expand(self, m, plan, seq, pix_rd, start, done):
+        """The im2col windows from the pixel memory, written whole into the image memory.
+
+        For each output position and each word of its window, in storage order: read the
+        word's (tap, channel) pixels one per cycle (``k*k*Ci`` lanes over ``W`` words; a
+        tap outside the image gives the pad bit), assemble the 8 plane words (lanes above
+        the window's last are 0), then write them, one per cycle, through the sequencer's
+        load port (whole words, no merge). ``start`` pulses in the cycle before the first
+        read; ``done`` in the cycle of the last write request.
+        """
+        layout, info, s = plan.input_layout, plan.input_layout.im2col, plan.simd
+        k, st, pad, ci = info.kernel, info.stride, info.padding, info.in_c
+        h, w = info.in_h, info.in_w
+        last_word = info.out_h * info.out_w * (layout.pos_stride // s) - 1
+        sw = signed((max(h, w) + pad + k + st).bit_length() + 1)
+        # Issue stage: the lane's counters.
+        reading, writing = Signal(), Signal()
+        draining = Signal(range(EXPAND_DRAIN_CYCLES + 1))
+        lane, ch, kx, ky = Signal(range(s)), Signal(range(ci)), Signal(range(k)), Signal(range(k))
+        xo, yo = Signal(range(info.out_w)), Signal(range(info.out_h))
+        row0, col0 = Signal(sw), Signal(sw)  # the window's top-left pixel: yo*st - pad, xo*st - pad
+        word = Signal(range(last_word + 2))  # position * W + word of the window
+        plane = Signal(range(INPUT_PLANES))
+        wr_addr = Signal(len(seq.load_addr))
+        last_tap = (ky == k - 1) & (kx == k - 1) & (ch == ci - 1)
+        with m.If(start):
+            m.d.sync += [reading.eq(1), lane.eq(0), ch.eq(0), kx.eq(0), ky.eq(0), xo.eq(0), yo.eq(0),
+                         row0.eq(-pad), col0.eq(-pad), word.eq(0)]
+        with m.If(reading):
+            m.d.sync += lane.eq(lane + 1)
+            with m.If(ch != ci - 1):
+                m.d.sync += ch.eq(ch + 1)
+            with m.Else():
+                m.d.sync += ch.eq(0)
+                with m.If(kx != k - 1):
+                    m.d.sync += kx.eq(kx + 1)
+                with m.Else():
+                    m.d.sync += [kx.eq(0), ky.eq(Mux(ky == k - 1, 0, ky + 1))]
+            with m.If(last_tap):  # the next position
+                with m.If(xo != info.out_w - 1):
+                    m.d.sync += [xo.eq(xo + 1), col0.eq(col0 + st)]
+                with m.Else():
+                    m.d.sync += [xo.eq(0), col0.eq(-pad), yo.eq(yo + 1), row0.eq(row0 + st)]
+            with m.If((lane == s - 1) | last_tap):  # the word's last lane
+                m.d.sync += [reading.eq(0), lane.eq(0), draining.eq(EXPAND_DRAIN_CYCLES)]
+        with m.If(draining != 0):
+            m.d.sync += draining.eq(draining - 1)
+            with m.If(draining == 1):
+                m.d.sync += [writing.eq(1), plane.eq(0), wr_addr.eq(word)]
+        # Stage A: the tap's pixel coordinates; stage A2: its address and whether it lies
+        # inside the image; then the pixel memory's read.
+        a_valid, a_first, a_lane = Signal(), Signal(), Signal(range(s))
+        a_y, a_x, a_ch = Signal(sw), Signal(sw), Signal(range(ci))
+        m.d.sync += [a_valid.eq(reading), a_first.eq(lane == 0), a_lane.eq(lane),
+                     a_y.eq(row0 + ky), a_x.eq(col0 + kx), a_ch.eq(ch)]
+        a2_valid, a2_first, a2_lane, a2_inside = Signal(), Signal(), Signal(range(s)), Signal()
+        a2_addr = Signal.like(pix_rd.addr)
+        m.d.sync += [a2_valid.eq(a_valid), a2_first.eq(a_first), a2_lane.eq(a_lane),
+                     a2_inside.eq((a_y >= 0) & (a_y < h) & (a_x >= 0) & (a_x < w)),
+                     a2_addr.eq(a_ch * (h * w) + a_y * w + a_x)]
+        m.d.comb += pix_rd.addr.eq(a2_addr)
+        b_valid, b_first, b_lane, b_inside = Signal(), Signal(), Signal(range(s)), Signal()
+        m.d.sync += [b_valid.eq(a2_valid), b_first.eq(a2_first), b_lane.eq(a2_lane), b_inside.eq(a2_inside)]
+        words = [Signal(s, name=f"window_plane{p}") for p in range(INPUT_PLANES)]
+        for p, plane_word in enumerate(words):
+            bit = Mux(b_inside, pix_rd.data[p], info.pad_bit)
+            with m.If(b_valid & b_first):
+                m.d.sync += plane_word.eq(bit)  # lane 0; the lanes above it cleared
+            with m.Elif(b_valid):
+                m.d.sync += plane_word.bit_select(b_lane, 1).eq(bit)
+        # Writes: plane p's word at p * plane_words + word, whole (all lanes enabled).
+        m.d.sync += [seq.load_we.eq(writing), seq.load_addr.eq(wr_addr), seq.load_en.eq((1 << s) - 1)]
+        with m.Switch(plane):
+            for p, plane_word in enumerate(words):
+                with m.Case(p):
+                    m.d.sync += seq.load_data.eq(plane_word)
+        with m.If(writing):
+            m.d.sync += [plane.eq(plane + 1), wr_addr.eq(wr_addr + layout.plane_words)]
+            with m.If(plane == INPUT_PLANES - 1):
+                m.d.sync += [writing.eq(0), word.eq(word + 1)]
+                with m.If(word == last_word):
+                    m.d.comb += done.eq(1)
+                with m.Else():
+                    m.d.sync += reading.eq(1)
+
     def elaborate(self, platform):
         m = Module()
         plan = self._plan
@@ -112,11 +224,14 @@ class Accelerator(wiring.Component):
         layout = plan.input_layout
         hw = shape.height * shape.width
 
-        # ---- Image loader: 8 bit-plane writes per pixel (8 x k*k for an im2col input) ----
-        # Bit (plane, position, channel) of the input tensor is bit
-        # plane * plane_bits + position * pos_stride + channel of buffer 0; an im2col input
-        # (the first conv's windows, in the image memory) takes each pixel bit once per
-        # window that holds it, at window tap (ky, kx).
+        # ---- Image loader ------------------------------------------------------------
+        # A plain input (buffer 0): 8 bit-plane writes per pixel. Bit (plane, position,
+        # channel) of the input tensor is bit plane * plane_bits + position * pos_stride +
+        # channel of buffer 0; each is merged into its word by the sequencer.
+        # An im2col input (the first conv's windows, in the image memory): the pixels go
+        # into a byte memory as they come (one per cycle), then the window words are
+        # assembled from it and written whole (:meth:`_expand`).
+        im2col = layout.im2col
         aw = seq.act_addr_width + log_s + 2
         byte = Signal(8)
         have = Signal()
@@ -131,63 +246,41 @@ class Accelerator(wiring.Component):
         # the stream's ready and the loader's branches wait for no compare.
         only_pixel = shape.channels == 1 and hw == 1
         last_pixel = Signal(init=int(only_pixel))
-        bit = Signal()
-        m.d.comb += bit.eq(byte.bit_select(plane, 1))
-        im2col = layout.im2col
+        go = Signal()
         if im2col is None:
-            m.d.comb += bit_addr.eq(plane_acc + pos_acc + channel)
-            valid = Const(1)
-            last_tap = Const(1)
+            bit = Signal()
+            m.d.comb += [bit.eq(byte.bit_select(plane, 1)), bit_addr.eq(plane_acc + pos_acc + channel)]
             # The last bit of a position's channels (padded layout) or of the plane (dense
             # layout) also clears the lanes above it: unused lanes read 0.
             fill = last_pixel if layout.dense else channel == shape.channels - 1
+            lane = bit_addr[:log_s] if log_s else 0
+            # One bit every third cycle: the sequencer merges each into its word (reads
+            # the word, writes it back whole two cycles later), so its requests are three
+            # cycles apart. ``go``: this cycle takes a bit; ``rest``: cycles left to wait
+            # after one that did, or after a pixel was taken (so every pixel takes exactly
+            # 8 * LOAD_CYCLES_PER_BIT cycles, the first one too).
+            rest = Signal(range(LOAD_CYCLES_PER_BIT))
+            m.d.comb += go.eq(have & (rest == 0))
+            with m.If(go | (self.pixels.valid & self.pixels.ready)):
+                m.d.sync += rest.eq(LOAD_CYCLES_PER_BIT - 1)
+            with m.Elif(rest != 0):
+                m.d.sync += rest.eq(rest - 1)
+            # The writes are registered (the address adders get a cycle of their own).
+            m.d.sync += [seq.load_addr.eq(bit_addr >> log_s),
+                         seq.load_data.eq(bit << lane),
+                         seq.load_we.eq(go)]
+            with m.If(fill):
+                m.d.sync += seq.load_en.eq(((1 << s) - 1) << lane)
+            with m.Else():
+                m.d.sync += seq.load_en.eq(1 << lane)
         else:
-            kernel, st = im2col.kernel, im2col.stride
-            log_st = st.bit_length() - 1
-            ky, kx = Signal(range(kernel)), Signal(range(kernel))
-            y, x = Signal(range(shape.height)), Signal(range(shape.width))
-            reach = max(shape.height, shape.width) + im2col.padding + 1
-            ty, tx = Signal(signed(reach.bit_length() + 1)), Signal(signed(reach.bit_length() + 1))
-            m.d.comb += [ty.eq(y + im2col.padding - ky), tx.eq(x + im2col.padding - kx)]
-            yo, xo = Signal(range(im2col.out_h + 1)), Signal(range(im2col.out_w + 1))
-            m.d.comb += [yo.eq(ty >> log_st), xo.eq(tx >> log_st)]
-            # Two pipeline stages (the window's position and validity, then the address
-            # with its constant multiplies): the loader's state changes only after a
-            # ``go``, and ``go`` comes every LOAD_CYCLES_PER_BIT >= 3 cycles, so at the next
-            # one both stages hold what the state has been since.
-            yo_r, xo_r = Signal.like(yo), Signal.like(xo)
-            tap_r, valid_r, valid = Signal(aw), Signal(), Signal()
-            m.d.sync += [yo_r.eq(yo), xo_r.eq(xo),
-                         tap_r.eq(plane_acc + (ky * kernel + kx) * im2col.in_c + channel),
-                         valid_r.eq((ty >= 0) & (tx >= 0) & (ty[:log_st] == 0 if log_st else 1)
-                                    & (tx[:log_st] == 0 if log_st else 1)
-                                    & (yo < im2col.out_h) & (xo < im2col.out_w)),
-                         valid.eq(valid_r),
-                         bit_addr.eq(tap_r + yo_r * (im2col.out_w * layout.pos_stride)
-                                     + xo_r * layout.pos_stride)]
-            last_tap = (ky == kernel - 1) & (kx == kernel - 1)
-            fill = Const(0)
-        lane = bit_addr[:log_s] if log_s else 0
-        # One bit every third cycle: the sequencer merges each into its word (reads the
-        # word, writes it back whole two cycles later), so its requests are three cycles
-        # apart. ``go``: this cycle takes a bit; ``rest``: cycles left to wait after one
-        # that did, or after a pixel was taken (so every pixel takes exactly
-        # 8 * LOAD_CYCLES_PER_BIT cycles, the first one too).
-        go = Signal()
-        rest = Signal(range(LOAD_CYCLES_PER_BIT))
-        m.d.comb += go.eq(have & (rest == 0))
-        with m.If(go | (self.pixels.valid & self.pixels.ready)):
-            m.d.sync += rest.eq(LOAD_CYCLES_PER_BIT - 1)
-        with m.Elif(rest != 0):
-            m.d.sync += rest.eq(rest - 1)
-        # The writes are registered (the address adders get a cycle of their own).
-        m.d.sync += [seq.load_addr.eq(bit_addr >> log_s),
-                     seq.load_data.eq(bit << lane),
-                     seq.load_we.eq(go & valid)]
-        with m.If(fill):
-            m.d.sync += seq.load_en.eq(((1 << s) - 1) << lane)
-        with m.Else():
-            m.d.sync += seq.load_en.eq(1 << lane)
+            pixels = memory.Memory(shape=unsigned(8), depth=shape.size, init=[])
+            m.submodules.pixels = pixels
+            pix_wr, pix_rd = pixels.write_port(), pixels.read_port()
+            expand_start, expand_done = Signal(), Signal()
+            self._expand(m, plan, seq, pix_rd, expand_start, expand_done)
+            taken = Signal(range(shape.size + 1))
+            m.d.comb += [pix_wr.addr.eq(taken), pix_wr.data.eq(self.pixels.payload)]
 
         count = Signal(CYCLES_WIDTH)
         m.d.comb += self.cycles.eq(count)
@@ -206,40 +299,41 @@ class Accelerator(wiring.Component):
                                  last_pixel.eq(only_pixel),
                                  pos_acc.eq(0), plane_acc.eq(0), count.eq(0)]
                     if im2col is not None:
-                        m.d.sync += [ky.eq(0), kx.eq(0), y.eq(0), x.eq(0)]
+                        m.d.sync += taken.eq(0)
                     m.next = "LOAD"
-            with m.State("LOAD"):
-                m.d.comb += [self.busy.eq(1),
-                             self.pixels.ready.eq(~have | (go & last_plane & last_tap & ~last_pixel))]
-                with m.If(go & ~last_tap):
-                    # im2col: the next window tap of this pixel and plane
-                    if im2col is not None:
-                        with m.If(kx == kernel - 1):
-                            m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
-                        with m.Else():
-                            m.d.sync += kx.eq(kx + 1)
-                with m.Elif(go):
-                    if im2col is not None:
-                        m.d.sync += [kx.eq(0), ky.eq(0)]
-                    with m.If(last_plane):
-                        m.d.sync += [plane.eq(0), plane_acc.eq(0), have.eq(0)]
-                        with m.If(pos == hw - 1):
-                            m.d.sync += [pos.eq(0), pos_acc.eq(0), channel.eq(channel + 1),
-                                         last_pixel.eq(channel == shape.channels - 2 if hw == 1 else 0)]
-                        with m.Else():
-                            m.d.sync += [pos.eq(pos + 1), pos_acc.eq(pos_acc + layout.pos_stride),
-                                         last_pixel.eq((channel == shape.channels - 1) & (pos == hw - 2))]
-                        if im2col is not None:
-                            with m.If(x == shape.width - 1):
-                                m.d.sync += [x.eq(0), y.eq(Mux(y == shape.height - 1, 0, y + 1))]
+            if im2col is not None:
+                with m.State("LOAD"):
+                    # one pixel per cycle into the pixel memory, then the windows
+                    m.d.comb += [self.busy.eq(1), self.pixels.ready.eq(1),
+                                 pix_wr.en.eq(self.pixels.valid)]
+                    with m.If(self.pixels.valid):
+                        m.d.sync += taken.eq(taken + 1)
+                        with m.If(taken == shape.size - 1):
+                            m.d.comb += expand_start.eq(1)
+                            m.next = "EXPAND"
+                with m.State("EXPAND"):
+                    m.d.comb += self.busy.eq(1)
+                    with m.If(expand_done):
+                        m.next = "RUN"
+            else:
+                with m.State("LOAD"):
+                    m.d.comb += [self.busy.eq(1),
+                                 self.pixels.ready.eq(~have | (go & last_plane & ~last_pixel))]
+                    with m.If(go):
+                        with m.If(last_plane):
+                            m.d.sync += [plane.eq(0), plane_acc.eq(0), have.eq(0)]
+                            with m.If(pos == hw - 1):
+                                m.d.sync += [pos.eq(0), pos_acc.eq(0), channel.eq(channel + 1),
+                                             last_pixel.eq(channel == shape.channels - 2 if hw == 1 else 0)]
                             with m.Else():
-                                m.d.sync += x.eq(x + 1)
-                        with m.If(last_pixel):
-                            m.next = "RUN"
-                    with m.Else():
-                        m.d.sync += [plane.eq(plane + 1), plane_acc.eq(plane_acc + layout.plane_words * s)]
-                with m.If(self.pixels.valid & self.pixels.ready):
-                    m.d.sync += [byte.eq(self.pixels.payload), have.eq(1)]
+                                m.d.sync += [pos.eq(pos + 1), pos_acc.eq(pos_acc + layout.pos_stride),
+                                             last_pixel.eq((channel == shape.channels - 1) & (pos == hw - 2))]
+                            with m.If(last_pixel):
+                                m.next = "RUN"
+                        with m.Else():
+                            m.d.sync += [plane.eq(plane + 1), plane_acc.eq(plane_acc + layout.plane_words * s)]
+                    with m.If(self.pixels.valid & self.pixels.ready):
+                        m.d.sync += [byte.eq(self.pixels.payload), have.eq(1)]
             with m.State("RUN"):
                 m.d.comb += [self.busy.eq(1), seq.start.eq(1)]
                 m.next = "WAIT"

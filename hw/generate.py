@@ -13,7 +13,7 @@ from amaranth.back import verilog
 from binforge.compiler import ir
 from binforge.compiler.ir import Network
 
-from .accelerator import CYCLES_WIDTH, LOAD_CYCLES_PER_BIT, Accelerator
+from .accelerator import CYCLES_WIDTH, Accelerator, load_cycles, load_cycles_per_pixel
 from .plan import DEFAULT_GAIN_MODE, DEFAULT_RELAY, OUT_DATA_WIDTH, analytic_cycles, plan_network
 from .top import BinforgeTop
 
@@ -95,8 +95,8 @@ def describe(plan, cycles: dict, port_list: list[dict] | None = None) -> dict:
         "protocol": {
             "input": "after a start pulse, num pixels = C*H*W bytes on in_*, (C, H, W) order",
             "output": "1 + num_classes words on out_*: class index, then logits; out_last on the final one",
-            "load_cycles_per_pixel": LOAD_CYCLES_PER_BIT * 8 * (plan.input_layout.im2col.kernel ** 2
-                                                                if plan.input_layout.im2col else 1),
+            "load_cycles_per_pixel": load_cycles_per_pixel(plan),
+            "load_cycles": load_cycles(plan),
         },
     }
 

@@ -239,6 +239,11 @@ class NetworkPlan:
     def array_latency(self) -> int:
         return 1 + self.max_skew + popcount_depth(self.simd) + 2
 
+    @property
+    def pixel_depth(self) -> int:
+        """Bytes of the im2col loader's pixel memory (the whole image), 0 if none."""
+        return self.net.input_shape.size if self.image_depth else 0
+
     def memory_bits(self) -> dict[str, int]:
         """On-chip memory by purpose, in bits."""
         s = self.simd
@@ -249,6 +254,7 @@ class NetworkPlan:
             "activations": self.cols * (self.buffer_depths[0] + self.buffer_depths[1]
                                         + self.image_depth) * s,
             "logits": self.logits_depth * OUT_DATA_WIDTH,
+            "pixels": self.pixel_depth * 8,
         }
 
 

@@ -98,9 +98,10 @@ class LayerSequencer(wiring.Component):
     done : Out(1)
         Pulse: the logits and ``class_index`` are ready.
     load_addr, load_data, load_en, load_we : In
-        Image write while idle, into buffer 0 or the image memory (word address, S bits,
-        S lane enables): merged into its word (read in this cycle, written two cycles
-        later), so two such writes must be at least three cycles apart.
+        Image write while idle (word address, S bits, S lane enables). Into buffer 0:
+        merged into its word (read in this cycle, written two cycles later), so two such
+        writes must be at least three cycles apart. Into the im2col image memory (where
+        the plan has one): a whole word, every cycle if need be (``load_en`` ignored).
     logit_addr : In(logit address width)
         Logits memory read address; ``logit_data`` follows one cycle later.
     logit_data : Out(32)
@@ -261,7 +262,8 @@ class LayerSequencer(wiring.Component):
         n_mems = 3 if image else 2
         loaded = 2 if image else 0  # the memory the image loader writes
         rmw_layers = any(p.kind == "compute" and p.rmw for p in plan.layers)
-        mergeable = sorted({loaded, *((0, 1) if rmw_layers else ())})
+        # The image memory takes whole words from its loader (the im2col windows), no merge.
+        mergeable = sorted({*(() if image else (0,)), *((0, 1) if rmw_layers else ())})
         write_en = [Signal(name=f"mem{b}_write") for b in range(n_mems)]
         write_addr = Signal(aw)
         write_data = Signal(s)
@@ -396,7 +398,7 @@ class LayerSequencer(wiring.Component):
         request_data = Signal(s)
         request_en = Signal(s)
         with m.If(~self.busy):
-            m.d.comb += [request_we.eq(self.load_we), request_merge.eq(1), request_mem.eq(loaded),
+            m.d.comb += [request_we.eq(self.load_we), request_merge.eq(not image), request_mem.eq(loaded),
                          request_addr.eq(self.load_addr), request_data.eq(self.load_data),
                          request_en.eq(self.load_en)]
         with m.Else():
@@ -432,7 +434,7 @@ class LayerSequencer(wiring.Component):
                 m.d.comb += merge_read[b].eq(request_we & request_merge & hit)
                 direct = request_we & ~request_merge & hit
                 m.d.comb += write_en[b].eq(direct | (pending & (pending_mem == b)))
-            elif b < 2:
+            else:
                 m.d.comb += write_en[b].eq(request_we & ~request_merge & hit)
         m.d.comb += [write_addr.eq(request_addr), write_data.eq(request_data)]
         with m.If(pending):

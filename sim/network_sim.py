@@ -155,6 +155,16 @@ def _check_matches(desc: dict[str, Any], net: Network) -> None:
             f"{net.num_classes}; give the network the hardware was generated from")
 
 
+def _load_cycles_per_pixel(desc: dict, net) -> int:
+    """Loading cycles per pixel for the testbench's time-out: the loader's own spacing, or
+    its whole loading time (``protocol.load_cycles``, window assembly included) spread
+    over the pixels, whichever is more."""
+    protocol = desc.get("protocol", {})
+    per_pixel = int(protocol.get("load_cycles_per_pixel", 8))
+    total = int(protocol.get("load_cycles", 0))
+    return max(per_pixel, -(-total // max(1, net.input_shape.size)))
+
+
 def write_accelerator_stimulus(path: str | os.PathLike, images: np.ndarray, logits: np.ndarray,
                                classes: np.ndarray, *, seed: int = 0, in_stall: float = 0.0,
                                out_stall: float = 0.0, cycles: int | None = None,
@@ -308,7 +318,7 @@ def localise_image(hw_dir: str | os.PathLike, net: Network, image: np.ndarray, *
     golden = run_network(net, image[None])
     design = build_design(simulator, [verilog], desc.get("top", "binforge_top"), build_root=build_root,
                           name=f"net-{desc.get('network', 'top')}")
-    load_cycles = int(desc.get("protocol", {}).get("load_cycles_per_pixel", 8))
+    load_cycles = _load_cycles_per_pixel(desc, net)
     return _localise_image(design, net, int(desc["simd"]), image, golden, 0, Path(run_dir), load_cycles, seed,
                            index=0)
 
@@ -362,7 +372,7 @@ def simulate_network(hw_dir: str | os.PathLike, net: Network, images: np.ndarray
                           waves=waves, name=f"net-{desc.get('network', 'top')}")
     cycles = int(desc["cycles"]["total"]) if check_cycles else None
     layer_cycles = expected_layer_cycles(desc)
-    load_cycles = int(desc.get("protocol", {}).get("load_cycles_per_pixel", 8))
+    load_cycles = _load_cycles_per_pixel(desc, net)
     result = NetworkSimResult(simulator=simulator, analytic_cycles=int(desc["cycles"]["total"]),
                               build_seconds=design.build_seconds,
                               golden_predictions=[int(p) for p in golden.predictions],

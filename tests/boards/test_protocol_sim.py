@@ -3,9 +3,13 @@ in, the reply on the line out, checked bit-exactly against the golden model."""
 
 from __future__ import annotations
 
+import gc
+import warnings
+
 import numpy as np
+from amaranth.hdl import UnusedElaboratable
 from amaranth.sim import Simulator
-from binforge.boards.core import BoardCore
+from binforge.boards.core import BoardCore, load_cycles_per_pixel
 from binforge.boards.protocol import (
     STATUS_BAD_LENGTH,
     STATUS_OK,
@@ -21,7 +25,7 @@ from binforge.compiler.random_network import random_network
 from binforge.hw.plan import analytic_cycles, plan_network
 from binforge.sim.golden import run_network
 
-DIVISOR = 24  # a byte (240 cycles) outlasts the loader's 216 cycles per pixel (3x3 im2col)
+DIVISOR = 24  # a byte every 240 cycles
 
 
 def _exchange(core: BoardCore, requests: list[bytes], reply_bytes: list[int], *, host_divisor=DIVISOR):
@@ -90,6 +94,18 @@ def test_digits_images_back_to_back_through_a_small_network():
 
 
 def test_a_uart_faster_than_the_loader_is_refused(rejects):
+    # a plain input (8 channels at S = 8: no im2col) merges each bit plane: 24 cycles a pixel
+    plan = plan_network(random_network(3, in_shape=Shape(8, 3, 3)), 4, 4, 8)
+    assert plan.input_layout.im2col is None
+    rejects(ValueError, "a UART byte every 20 cycles (divisor 2) comes faster than the accelerator "
+            "loads a pixel (24 cycles); use a lower baud rate", BoardCore, plan, 2)
+    # an im2col input takes a pixel every cycle (the windows are assembled after the last)
     plan = plan_network(random_network(3), 4, 4, 8)
-    rejects(ValueError, "a UART byte every 40 cycles (divisor 4) comes faster than the accelerator "
-            "loads a pixel (216 cycles); use a lower baud rate", BoardCore, plan, 4)
+    assert plan.input_layout.im2col is not None
+    assert load_cycles_per_pixel(plan) == 1
+    with warnings.catch_warnings():  # built, not elaborated: collected here, warning muted
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        core = BoardCore(plan, 4)  # 40 cycles a byte
+        assert core.accelerator.plan.input_layout.im2col is not None
+        del core
+        gc.collect()

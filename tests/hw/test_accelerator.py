@@ -4,7 +4,8 @@ every logit and the cycle count (equal to the analytic model)."""
 import numpy as np
 import pytest
 from accel_harness import run_accelerator
-from binforge.hw.accelerator import Accelerator
+from amaranth.sim import Simulator
+from binforge.hw.accelerator import Accelerator, load_cycles, load_cycles_per_pixel
 from binforge.hw.plan import analytic_cycles, plan_network
 from binforge.hw.sequencer import image_bank_depth
 from binforge.sim.golden import run_network
@@ -92,6 +93,50 @@ def test_image_banks_auto_is_one_dp16kd_deep_on_ecp5_only():
     assert image_bank_depth("auto", 32, None) is None
     assert image_bank_depth(None, 32, Platform("ecp5")) is None
     assert image_bank_depth(64, 32, None) == 64
+
+
+def cycles_to_first_layer(acc, image):
+    """Cycles from the ``start`` pulse to the first layer's descriptor load, a pixel offered
+    every cycle."""
+    pixels = [int(v) for v in np.asarray(image).reshape(-1)]
+    seen = []
+
+    async def tb(ctx):
+        ctx.set(acc.start, 1)
+        await ctx.tick()
+        ctx.set(acc.start, 0)
+        i, cycle = 0, 1
+        while not ctx.get(acc.debug.layer_start):
+            ctx.set(acc.pixels.valid, i < len(pixels))
+            ctx.set(acc.pixels.payload, pixels[min(i, len(pixels) - 1)])
+            took = ctx.get(acc.pixels.valid) and ctx.get(acc.pixels.ready)
+            await ctx.tick()
+            i += took
+            cycle += 1
+            assert cycle < 100_000
+        seen.append((cycle, i))
+
+    sim = Simulator(acc)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    return seen[0]
+
+
+@pytest.mark.parametrize("net,im2col", [(strided_first_network(13, 1), True), (linear_stack_network(12), False)])
+def test_load_takes_the_cycles_hw_json_states(net, im2col):
+    # start cycle, load_cycles, the run pulse, then the sequencer loads the first layer
+    acc = Accelerator(net, 2, 2, 8)
+    assert (acc.plan.input_layout.im2col is not None) == im2col
+    cycle, taken = cycles_to_first_layer(acc, images_for(net, 1, 0)[0])
+    assert taken == net.input_shape.size
+    assert cycle == 1 + load_cycles(acc.plan) + 1
+    # im2col: 50 pixels (2 x 5 x 5) a cycle each, then per output position (3 x 3) its
+    # 18 taps (3 x 3 x 2 channels: three 8-lane words) read one a cycle, and per word the
+    # 3 drain cycles and 8 plane writes
+    assert load_cycles_per_pixel(acc.plan) == (1 if im2col else 24)
+    if im2col:
+        assert load_cycles(acc.plan) == 50 + 9 * (18 + 3 * (3 + 8))
 
 
 def test_drain_of_held_results_overlaps_the_next_group():

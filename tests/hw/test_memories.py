@@ -14,7 +14,7 @@ from networks import small_network, strided_first_network
 
 
 @pytest.mark.parametrize("net,rows,cols,simd,memories,image_banks", [
-    (strided_first_network(13, 1), 2, 2, 8, ("buffer0", "buffer1", "image"), None),  # loader merges into the image
+    (strided_first_network(13, 1), 2, 2, 8, ("buffer0", "buffer1", "image"), None),  # the loader writes the image whole words
     # the image memory in four banks (216 words, 64 per bank): each bank's own write enable
     (strided_first_network(13, 1), 2, 2, 8, ("buffer0", "buffer1") + tuple(f"image_col{{c}}_bank{k}" for k in range(4)),
      64),
