@@ -32,7 +32,9 @@ class BitMaxPool(wiring.Component):
     start : In(1)
         Pulse: begin (in the cycle the descriptor is being loaded).
     rd_addr : Out(addr_width)
-        Source word address, registered (read port, one cycle latency after it).
+        Source word address, registered; ``rd_data`` follows ``read_latency`` cycles later
+        (1: a block RAM's read port; 2: its data registered once more, as the sequencer
+        does).
     rd_data : In(simd)
         Source word read back.
     wr_addr, wr_data, wr_we : Out
@@ -40,12 +42,13 @@ class BitMaxPool(wiring.Component):
     drained : Out(1)
         High in the cycle the last write is issued.
 
-    Latency: ``1 + planes*Ho*Wo*cw*k*k + 3`` cycles from ``start`` to the cycle after
+    Latency: ``1 + planes*Ho*Wo*cw*k*k + 2 + read_latency`` cycles from ``start`` to the cycle after
     ``drained``.
     """
 
-    def __init__(self, descriptor, simd: int, addr_width: int):
+    def __init__(self, descriptor, simd: int, addr_width: int, read_latency: int = 1):
         self._simd = simd
+        self._read_latency = read_latency
         super().__init__({
             "desc": In(descriptor),
             "start": In(1),
@@ -102,13 +105,14 @@ class BitMaxPool(wiring.Component):
                 with m.If(last_word):
                     m.d.sync += busy.eq(0)
 
-        # Read data comes back two cycles later (address register, read): OR it into the
-        # window's word.
-        p0_valid, p0_first, p0_last, p0_end = Signal(), Signal(), Signal(), Signal()
-        p1_valid, p1_first, p1_last, p1_end = Signal(), Signal(), Signal(), Signal()
-        m.d.sync += [p0_valid.eq(busy & ~self.start), p0_first.eq(first_tap), p0_last.eq(last_tap),
-                     p0_end.eq(busy & last_word & ~self.start),
-                     p1_valid.eq(p0_valid), p1_first.eq(p0_first), p1_last.eq(p0_last), p1_end.eq(p0_end)]
+        # Read data comes back 1 + read_latency cycles later (address register, read,
+        # read data register): OR it into the window's word.
+        stage = (busy & ~self.start, first_tap, last_tap, busy & last_word & ~self.start)
+        for i in range(1 + self._read_latency):
+            regs = tuple(Signal(name=f"p{i}_{nm}") for nm in ("valid", "first", "last", "end"))
+            m.d.sync += [r.eq(v) for r, v in zip(regs, stage, strict=True)]
+            stage = regs
+        p1_valid, p1_first, p1_last, p1_end = stage
         acc = Signal(self._simd, reset_less=True)
         combined = Signal(self._simd)
         m.d.comb += combined.eq(self.rd_data | acc)

@@ -74,8 +74,8 @@ DRAIN_TAIL_CYCLES = 5
 #: (the compare of each logit is split over two cycles), so the class is ready this many
 #: cycles after the last logit's write.
 ARGMAX_TAIL_CYCLES = 1
-#: Pool engine: address register + read latency + write register.
-POOL_TAIL_CYCLES = 3
+#: Pool engine: address register + read + read data register + write register.
+POOL_TAIL_CYCLES = 4
 #: A layer whose activation writes cover part of a word (``ComputePlan.rmw``): the
 #: memories are written whole words only, so such a write reads its word and writes it
 #: merged two cycles later (from the read register); the output stage then drains a

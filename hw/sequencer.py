@@ -178,7 +178,7 @@ class LayerSequencer(wiring.Component):
         # The pool engine only where the network has a max-pool layer.
         pool = None
         if any(p.kind == "pool" for p in plan.layers):
-            m.submodules.pool = pool = BitMaxPool(layout, s, self._act_aw)
+            m.submodules.pool = pool = BitMaxPool(layout, s, self._act_aw, read_latency=2)
             m.d.comb += pool.desc.eq(desc)
 
         m.submodules.logits = logits = memory.Memory(shape=unsigned(OUT_DATA_WIDTH), depth=plan.logits_depth,
@@ -385,9 +385,10 @@ class LayerSequencer(wiring.Component):
                      array.gain.eq(gain_r),
                      output.results.eq(array.results), output.group_done.eq(array.done)]
         if pool is not None:
-            m.d.comb += pool.rd_data.eq(read_data[0][0])
-            with m.If(desc.src == 1):
-                m.d.comb += pool.rd_data.eq(read_data[1][0])
+            # from the column-0 read registers (not a block RAM's clock-to-output)
+            m.d.comb += pool.rd_data.eq(held_words[0])
+            with m.If(src_r == 1):
+                m.d.comb += pool.rd_data.eq(held_words[1])
 
         # ---- Writes: the image loader (idle), the output stage, the pool engine ------------
         # This cycle's request: memory, address, data, lane enables; ``merge``: read the

@@ -3,7 +3,7 @@ against plain-Python references of the layouts in ``binforge.hw.plan``."""
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Signal
 from amaranth.lib import memory
 from amaranth.sim import Simulator
 from binforge.compiler import ir
@@ -293,10 +293,10 @@ def pool_network(kernel, stride, channels, planes):
                                   layers=(first, pool, last)))
 
 
-@pytest.mark.parametrize("kernel,stride,channels,planes,simd", [
-    (2, 2, 3, 1, 4), (3, 2, 5, 2, 2), (1, 1, 2, 1, 8), (2, 1, 9, 2, 4),
+@pytest.mark.parametrize("kernel,stride,channels,planes,simd,read_latency", [
+    (2, 2, 3, 1, 4, 1), (3, 2, 5, 2, 2, 2), (1, 1, 2, 1, 8, 1), (2, 1, 9, 2, 4, 2),
 ])
-def test_bit_max_pool_is_the_or_of_each_window(kernel, stride, channels, planes, simd):
+def test_bit_max_pool_is_the_or_of_each_window(kernel, stride, channels, planes, simd, read_latency):
     net = pool_network(kernel, stride, channels, planes)
     plan = plan_network(net, 2, 2, simd)
     p = plan.layers[1]
@@ -309,11 +309,16 @@ def test_bit_max_pool_is_the_or_of_each_window(kernel, stride, channels, planes,
     aw = max(1, (max(len(src_words), len(want)) - 1).bit_length())
 
     m = Module()
-    m.submodules.pool = pool = BitMaxPool(fmt.layout, simd, aw)
+    m.submodules.pool = pool = BitMaxPool(fmt.layout, simd, aw, read_latency=read_latency)
     m.submodules.src = src = memory.Memory(shape=simd, depth=len(src_words), init=src_words)
     m.submodules.dst = dst = memory.Memory(shape=simd, depth=len(want), init=[])
     rd, wr = src.read_port(), dst.write_port()
-    m.d.comb += [rd.addr.eq(pool.rd_addr), pool.rd_data.eq(rd.data), wr.addr.eq(pool.wr_addr),
+    data = rd.data
+    for _ in range(read_latency - 1):  # the read data registered again, as in the sequencer
+        reg = Signal.like(data)
+        m.d.sync += reg.eq(data)
+        data = reg
+    m.d.comb += [rd.addr.eq(pool.rd_addr), pool.rd_data.eq(data), wr.addr.eq(pool.wr_addr),
                  wr.data.eq(pool.wr_data), wr.en.eq(pool.wr_we)]
     cycles = []
 
@@ -332,4 +337,4 @@ def test_bit_max_pool_is_the_or_of_each_window(kernel, stride, channels, planes,
 
     simulate(m, tb)
     assert cycles[1] == want
-    assert cycles[0] == 1 + p.out_words * kernel * kernel + 3  # address, read, write registers
+    assert cycles[0] == 1 + p.out_words * kernel * kernel + 2 + read_latency  # address, read(s), write
