@@ -24,8 +24,8 @@ CYCLES_WIDTH = 32
 #: three cycles apart.
 LOAD_CYCLES_PER_BIT = 3
 #: im2col window assembly: cycles from a window word's last pixel read to its first plane
-#: write (the tap's coordinates, the pixel address, the read, each registered).
-EXPAND_DRAIN_CYCLES = 3
+#: write (the tap's coordinates, the pixel address, the read, the pixel, each registered).
+EXPAND_DRAIN_CYCLES = 4
 
 def load_cycles_per_pixel(plan: NetworkPlan) -> int:
     """Cycles the loader needs from one pixel to the next: ``8 * LOAD_CYCLES_PER_BIT`` for a
@@ -191,13 +191,18 @@ class Accelerator(wiring.Component):
         m.d.comb += pix_rd.addr.eq(a2_addr)
         b_valid, b_first, b_lane, b_inside = Signal(), Signal(), Signal(range(s)), Signal()
         m.d.sync += [b_valid.eq(a2_valid), b_first.eq(a2_first), b_lane.eq(a2_lane), b_inside.eq(a2_inside)]
+        # The pixel registered (a block RAM's clock-to-output then ends in a flip-flop),
+        # with the pad bit already chosen.
+        c_valid, c_first, c_lane, c_byte = Signal(), Signal(), Signal(range(s)), Signal(8)
+        m.d.sync += [c_valid.eq(b_valid), c_first.eq(b_first), c_lane.eq(b_lane),
+                     c_byte.eq(Mux(b_inside, pix_rd.data, 0xFF if info.pad_bit else 0))]
         words = [Signal(s, name=f"window_plane{p}") for p in range(INPUT_PLANES)]
         for p, plane_word in enumerate(words):
-            bit = Mux(b_inside, pix_rd.data[p], info.pad_bit)
-            with m.If(b_valid & b_first):
+            bit = c_byte[p]
+            with m.If(c_valid & c_first):
                 m.d.sync += plane_word.eq(bit)  # lane 0; the lanes above it cleared
-            with m.Elif(b_valid):
-                m.d.sync += plane_word.bit_select(b_lane, 1).eq(bit)
+            with m.Elif(c_valid):
+                m.d.sync += plane_word.bit_select(c_lane, 1).eq(bit)
         # Writes: plane p's word at p * plane_words + word, whole (all lanes enabled).
         m.d.sync += [seq.load_we.eq(writing), seq.load_addr.eq(wr_addr), seq.load_en.eq((1 << s) - 1)]
         with m.Switch(plane):

@@ -133,10 +133,10 @@ def test_load_takes_the_cycles_hw_json_states(net, im2col):
     assert cycle == 1 + load_cycles(acc.plan) + 1
     # im2col: 50 pixels (2 x 5 x 5) a cycle each, then per output position (3 x 3) its
     # 18 taps (3 x 3 x 2 channels: three 8-lane words) read one a cycle, and per word the
-    # 3 drain cycles and 8 plane writes
+    # 4 drain cycles and 8 plane writes
     assert load_cycles_per_pixel(acc.plan) == (1 if im2col else 24)
     if im2col:
-        assert load_cycles(acc.plan) == 50 + 9 * (18 + 3 * (3 + 8))
+        assert load_cycles(acc.plan) == 50 + 9 * (18 + 3 * (4 + 8))
 
 
 def test_drain_of_held_results_overlaps_the_next_group():
