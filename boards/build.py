@@ -146,6 +146,7 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
     use_yowasp_tools()
     build_plan = platform.build(top, name=DESIGN_NAME, do_build=False, **toolchain_overrides(board, seed=seed))
     cycles = int(analytic_cycles(plan)["total"])
+    image = _image_cycles(plan, cycles)
     ops = binary_ops_per_image(net)
     report: dict[str, Any] = {
         "board": board.name, "board_title": board.title, "device": board.device, "flow": board.flow,
@@ -153,7 +154,7 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
         "source": source or {},
         "clock": _clock_report(board, pll, clock_mhz),
         "uart": {"baud": baud, "divisor": uart_divisor(sync_hz, baud), "serial": board.serial},
-        "cycles_per_image": cycles, "binary_ops_per_image": ops,
+        "cycles_per_image": cycles, "image_cycles_with_loading": image, "binary_ops_per_image": ops,
         "fit_estimate": estimate.to_json(),
     }
     with atomic_output_dir(out) as folder:
@@ -194,6 +195,7 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
             report.update(figures.to_json())
             fmax = _sync_fmax(figures, sync_hz)
             report.update(_throughput(fmax, figures, estimate.lanes, cycles, ops, board))
+            report["images_per_second_at_fmax_with_loading"] = round(fmax * 1e6 / image, 1) if fmax else None
             # Timing is met when nextpnr's Fmax of the design's clock reaches the clock it runs at.
             met = fmax is not None and fmax >= sync_hz / 1e6
             report["clock"]["timing_met"] = met
@@ -243,6 +245,14 @@ def _sync_fmax(figures, sync_hz: float) -> float | None:
         if name in figures.fmax_mhz:
             return figures.fmax_mhz[name]
     return min(figures.fmax_mhz.values()) if figures.fmax_mhz else None
+
+
+def _image_cycles(plan, cycles: int) -> int:
+    """Start pulse to last result word with a pixel offered every cycle: loading, the
+    network, the result stream (:func:`binforge.explore.image_cycles`)."""
+    from binforge.explore import image_cycles
+
+    return image_cycles(plan, cycles)
 
 
 def _throughput(fmax: float | None, figures, lanes: int, cycles: int, ops: int, board: Board) -> dict[str, Any]:

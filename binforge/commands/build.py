@@ -129,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"throughput {report['cycles_per_image']} cycles per image: timing NOT met at "
                   f"{clock['achieved_mhz']:g} MHz (ask for a lower --clock-mhz); "
                   f"{report['images_per_second_at_fmax']:.0f} images/s at Fmax")
+        if report.get("images_per_second_at_fmax_with_loading"):
+            print(f"loading    {report['image_cycles_with_loading']} cycles per image with loading and the "
+                  f"result stream (a pixel offered every cycle): "
+                  f"{report['images_per_second_at_fmax_with_loading']:.0f} images/s at Fmax")
         print(f"bitstream  {out / report['bitstream']}")
     else:
         print(f"note       {report['note']}")

@@ -14,6 +14,7 @@ from binforge.boards.platforms import BOARDS, get_board, make_platform
 from binforge.boards.toolchain import YOWASP_TOOLS, use_yowasp_tools, yowasp_command
 from binforge.compiler.ir import Shape
 from binforge.compiler.random_network import random_network
+from binforge.hw.accelerator import load_cycles
 from binforge.hw.plan import analytic_cycles, plan_network
 
 from binforge.errors import BinforgeError
@@ -86,6 +87,9 @@ def test_open_flow_plan_has_constraints_and_tool_options(net, board_name, tmp_pa
     assert report["built"] is False and clock["requested_mhz"] == 80 and clock["source"] == "pll"
     assert clock["target_mhz"] == clock["achieved_mhz"] <= 80  # 79.5 from 12 MHz, 80 from 25 or 48 MHz
     assert report["cycles_per_image"] == analytic_cycles(plan_network(net, 2, 2, 8))["total"]
+    plan = plan_network(net, 2, 2, 8)
+    assert report["image_cycles_with_loading"] == (load_cycles(plan) + report["cycles_per_image"]
+                                                   + 2 * net.num_classes + 3)
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["command"] == "build" and saved["board"] == board_name
 

@@ -28,6 +28,9 @@ def test_icebreaker_bitstream_with_utilisation_and_fmax(tmp_path):
     path = report["critical_paths"][0]
     assert path["delay_ns"] > 0 and path["start"] and path["end"]
     assert report["images_per_second_at_fmax"] == pytest.approx(fmax * 1e6 / report["cycles_per_image"], rel=1e-3)
+    assert report["image_cycles_with_loading"] > report["cycles_per_image"]
+    assert report["images_per_second_at_fmax_with_loading"] == pytest.approx(
+        fmax * 1e6 / report["image_cycles_with_loading"], rel=1e-3)
     assert [s["name"] for s in report["steps"]] == ["synthesis (Yosys)", "place and route (nextpnr-ice40)",
                                                     "bitstream (icepack)"]
     assert json.loads((out / "report.json").read_text())["fmax_sync_mhz"] == round(fmax, 2)
