@@ -14,7 +14,7 @@ from binforge.compiler.ir import INPUT_PLANES, Network
 from .plan import DEFAULT_GAIN_MODE, DEFAULT_RELAY, OUT_DATA_WIDTH, NetworkPlan, plan_network
 from .sequencer import LayerSequencer, debug_signature
 
-__all__ = ["Accelerator", "ResultLayout", "CYCLES_WIDTH", "LOAD_CYCLES_PER_BIT", "EXPAND_DRAIN_CYCLES",
+__all__ = ["Accelerator", "ResultLayout", "CYCLES_WIDTH", "LOAD_CYCLES_PER_BIT", "EXPAND_TAIL_CYCLES",
            "load_cycles", "load_cycles_per_pixel"]
 
 #: Width of the cycle counter.
@@ -23,9 +23,10 @@ CYCLES_WIDTH = 32
 #: (reads the word, writes it back whole two cycles later), so the loader's writes are
 #: three cycles apart.
 LOAD_CYCLES_PER_BIT = 3
-#: im2col window assembly: cycles from a window word's last pixel read to its first plane
-#: write (the tap's coordinates, the pixel address, the read, the pixel, each registered).
-EXPAND_DRAIN_CYCLES = 4
+#: im2col window assembly: cycles from the image's last pixel read to the loader's end:
+#: the tap's coordinates, the pixel address, the read, the pixel (each registered), the
+#: copy into the write buffer, 8 plane writes.
+EXPAND_TAIL_CYCLES = 4 + 1 + 8
 
 def load_cycles_per_pixel(plan: NetworkPlan) -> int:
     """Cycles the loader needs from one pixel to the next: ``8 * LOAD_CYCLES_PER_BIT`` for a
@@ -34,20 +35,33 @@ def load_cycles_per_pixel(plan: NetworkPlan) -> int:
     return 1 if plan.input_layout.im2col is not None else LOAD_CYCLES_PER_BIT * INPUT_PLANES
 
 
+def _expand_gaps(plan: NetworkPlan) -> tuple[int, int]:
+    """Idle cycles before a full window word's reads and before a position's last word's
+    (one of fewer than 8 lanes waits for the write buffer's 8 writes)."""
+    layout, s = plan.input_layout, plan.simd
+    info = layout.im2col
+    n_words = layout.pos_stride // s
+    last_lanes = info.kernel * info.kernel * info.in_c - (n_words - 1) * s
+    return max(0, INPUT_PLANES - s), max(0, INPUT_PLANES - last_lanes)
+
+
 def load_cycles(plan: NetworkPlan) -> int:
     """Cycles from the first cycle after ``start`` to the network's start, with a source
     that offers a pixel every cycle: ``8 * LOAD_CYCLES_PER_BIT`` per pixel and 1 (the
-    first pixel's take) for a plain input; for an im2col input one cycle per pixel, then
-    per output position
-    ``k*k*Ci + W * (EXPAND_DRAIN_CYCLES + 8)`` to assemble and write its ``W`` window words
-    of 8 planes."""
+    first pixel's take) for a plain input; for an im2col input one cycle per pixel, one
+    per window lane (``Ho*Wo*k*k*Ci``), the idle cycles before window words of fewer than
+    8 lanes, and :data:`EXPAND_TAIL_CYCLES`."""
     layout, size = plan.input_layout, plan.net.input_shape.size
     info = layout.im2col
     if info is None:
         return LOAD_CYCLES_PER_BIT * INPUT_PLANES * size + 1
     words = layout.pos_stride // plan.simd
     taps = info.kernel * info.kernel * info.in_c
-    return size + info.out_h * info.out_w * (taps + words * (EXPAND_DRAIN_CYCLES + INPUT_PLANES))
+    positions = info.out_h * info.out_w
+    gap_full, gap_last = _expand_gaps(plan)
+    # gaps before every word but the image's first (a full word where W > 1, else a last one)
+    gaps = (positions * (words - 1) - (words > 1)) * gap_full + (positions - (words == 1)) * gap_last
+    return size + positions * taps + gaps + EXPAND_TAIL_CYCLES
 
 
 #: One transfer of the result stream: the class index first, then every logit (signed,
@@ -131,31 +145,35 @@ class Accelerator(wiring.Component):
     def _expand(self, m, plan, seq, pix_rd, start, done):
         """The im2col windows from the pixel memory, written whole into the image memory.
 
-        For each output position and each word of its window, in storage order: read the
-        word's (tap, channel) pixels one per cycle (``k*k*Ci`` lanes over ``W`` words; a
-        tap outside the image gives the pad bit), assemble the 8 plane words (lanes above
-        the window's last are 0), then write them, one per cycle, through the sequencer's
-        load port (whole words, no merge). ``start`` pulses in the cycle before the first
-        read; ``done`` in the cycle of the last write request.
+        For each output position and each of its ``W`` window words, in storage order:
+        read the word's (tap, channel) pixels one per cycle (``k*k*Ci`` lanes over the
+        ``W`` words; a tap outside the image gives the pad bit), assemble the 8 plane
+        words (lanes above the window's last are 0), copy them into a write buffer and
+        write them from it, one per cycle, through the sequencer's load port (whole
+        words, no merge) while the next word's pixels are read. A word of fewer than 8
+        lanes waits ``8 - lanes`` cycles before its reads, so the buffer's 8 writes are
+        done before the next copy. ``start`` pulses in the cycle before the first read;
+        ``done`` in the cycle of the last write request (:func:`load_cycles`).
         """
         layout, info, s = plan.input_layout, plan.input_layout.im2col, plan.simd
         k, st, pad, ci = info.kernel, info.stride, info.padding, info.in_c
         h, w = info.in_h, info.in_w
-        last_word = info.out_h * info.out_w * (layout.pos_stride // s) - 1
+        n_words = layout.pos_stride // s  # window words per position
+        last_word = info.out_h * info.out_w * n_words - 1
+        gap_full, gap_last = _expand_gaps(plan)
         sw = signed((max(h, w) + pad + k + st).bit_length() + 1)
         # Issue stage: the lane's counters.
-        reading, writing = Signal(), Signal()
-        draining = Signal(range(EXPAND_DRAIN_CYCLES + 1))
+        reading = Signal()
+        gap = Signal(range(INPUT_PLANES + 1))
         lane, ch, kx, ky = Signal(range(s)), Signal(range(ci)), Signal(range(k)), Signal(range(k))
         xo, yo = Signal(range(info.out_w)), Signal(range(info.out_h))
         row0, col0 = Signal(sw), Signal(sw)  # the window's top-left pixel: yo*st - pad, xo*st - pad
-        word = Signal(range(last_word + 2))  # position * W + word of the window
-        plane = Signal(range(INPUT_PLANES))
-        wr_addr = Signal(len(seq.load_addr))
+        word_in_pos = Signal(range(n_words))
         last_tap = (ky == k - 1) & (kx == k - 1) & (ch == ci - 1)
+        word_end = (lane == s - 1) | last_tap
         with m.If(start):
             m.d.sync += [reading.eq(1), lane.eq(0), ch.eq(0), kx.eq(0), ky.eq(0), xo.eq(0), yo.eq(0),
-                         row0.eq(-pad), col0.eq(-pad), word.eq(0)]
+                         row0.eq(-pad), col0.eq(-pad), word_in_pos.eq(0)]
         with m.If(reading):
             m.d.sync += lane.eq(lane + 1)
             with m.If(ch != ci - 1):
@@ -171,52 +189,69 @@ class Accelerator(wiring.Component):
                     m.d.sync += [xo.eq(xo + 1), col0.eq(col0 + st)]
                 with m.Else():
                     m.d.sync += [xo.eq(0), col0.eq(-pad), yo.eq(yo + 1), row0.eq(row0 + st)]
-            with m.If((lane == s - 1) | last_tap):  # the word's last lane
-                m.d.sync += [reading.eq(0), lane.eq(0), draining.eq(EXPAND_DRAIN_CYCLES)]
-        with m.If(draining != 0):
-            m.d.sync += draining.eq(draining - 1)
-            with m.If(draining == 1):
-                m.d.sync += [writing.eq(1), plane.eq(0), wr_addr.eq(word)]
-        # Stage A: the tap's pixel coordinates; stage A2: its address and whether it lies
-        # inside the image; then the pixel memory's read.
-        a_valid, a_first, a_lane = Signal(), Signal(), Signal(range(s))
+            with m.If(word_end):
+                m.d.sync += lane.eq(0)
+                # the next word: the last of its position, or a full one
+                next_is_last = (word_in_pos == n_words - 2) if n_words > 1 else 1
+                next_gap = Mux(next_is_last, gap_last, gap_full)
+                m.d.sync += word_in_pos.eq(Mux(word_in_pos == n_words - 1, 0, word_in_pos + 1))
+                with m.If((yo == info.out_h - 1) & (xo == info.out_w - 1) & last_tap):
+                    m.d.sync += reading.eq(0)  # the image's last word
+                with m.Elif(next_gap != 0):
+                    m.d.sync += [reading.eq(0), gap.eq(next_gap)]
+        with m.If(gap != 0):
+            m.d.sync += gap.eq(gap - 1)
+            with m.If(gap == 1):
+                m.d.sync += reading.eq(1)
+        # Stage A: the tap's pixel coordinates; A2: its address and whether it lies inside
+        # the image; B: the pixel memory's read; C: the pixel, pad bit chosen.
+        a_valid, a_first, a_last, a_lane = Signal(), Signal(), Signal(), Signal(range(s))
         a_y, a_x, a_ch = Signal(sw), Signal(sw), Signal(range(ci))
-        m.d.sync += [a_valid.eq(reading), a_first.eq(lane == 0), a_lane.eq(lane),
+        m.d.sync += [a_valid.eq(reading), a_first.eq(lane == 0), a_last.eq(word_end), a_lane.eq(lane),
                      a_y.eq(row0 + ky), a_x.eq(col0 + kx), a_ch.eq(ch)]
-        a2_valid, a2_first, a2_lane, a2_inside = Signal(), Signal(), Signal(range(s)), Signal()
+        a2_valid, a2_first, a2_last, a2_lane, a2_inside = Signal(), Signal(), Signal(), Signal(range(s)), Signal()
         a2_addr = Signal.like(pix_rd.addr)
-        m.d.sync += [a2_valid.eq(a_valid), a2_first.eq(a_first), a2_lane.eq(a_lane),
+        m.d.sync += [a2_valid.eq(a_valid), a2_first.eq(a_first), a2_last.eq(a_last), a2_lane.eq(a_lane),
                      a2_inside.eq((a_y >= 0) & (a_y < h) & (a_x >= 0) & (a_x < w)),
                      a2_addr.eq(a_ch * (h * w) + a_y * w + a_x)]
         m.d.comb += pix_rd.addr.eq(a2_addr)
-        b_valid, b_first, b_lane, b_inside = Signal(), Signal(), Signal(range(s)), Signal()
-        m.d.sync += [b_valid.eq(a2_valid), b_first.eq(a2_first), b_lane.eq(a2_lane), b_inside.eq(a2_inside)]
-        # The pixel registered (a block RAM's clock-to-output then ends in a flip-flop),
-        # with the pad bit already chosen.
-        c_valid, c_first, c_lane, c_byte = Signal(), Signal(), Signal(range(s)), Signal(8)
-        m.d.sync += [c_valid.eq(b_valid), c_first.eq(b_first), c_lane.eq(b_lane),
+        b_valid, b_first, b_last, b_lane, b_inside = Signal(), Signal(), Signal(), Signal(range(s)), Signal()
+        m.d.sync += [b_valid.eq(a2_valid), b_first.eq(a2_first), b_last.eq(a2_last), b_lane.eq(a2_lane),
+                     b_inside.eq(a2_inside)]
+        c_valid, c_first, c_last, c_lane, c_byte = Signal(), Signal(), Signal(), Signal(range(s)), Signal(8)
+        m.d.sync += [c_valid.eq(b_valid), c_first.eq(b_first), c_last.eq(b_valid & b_last), c_lane.eq(b_lane),
                      c_byte.eq(Mux(b_inside, pix_rd.data, 0xFF if info.pad_bit else 0))]
         words = [Signal(s, name=f"window_plane{p}") for p in range(INPUT_PLANES)]
         for p, plane_word in enumerate(words):
-            bit = c_byte[p]
             with m.If(c_valid & c_first):
-                m.d.sync += plane_word.eq(bit)  # lane 0; the lanes above it cleared
+                m.d.sync += plane_word.eq(c_byte[p])  # lane 0; the lanes above it cleared
             with m.Elif(c_valid):
-                m.d.sync += plane_word.bit_select(c_lane, 1).eq(bit)
-        # Writes: plane p's word at p * plane_words + word, whole (all lanes enabled).
+                m.d.sync += plane_word.bit_select(c_lane, 1).eq(c_byte[p])
+        # The assembled word is copied into the write buffer in the cycle after its last
+        # lane (the next word's first lane may overwrite it at that cycle's end), then
+        # written plane by plane: plane p's word at p * plane_words + word, whole.
+        copy = Signal()
+        m.d.sync += copy.eq(c_last)
+        buffer = [Signal(s, name=f"write_plane{p}") for p in range(INPUT_PLANES)]
+        writing, plane = Signal(), Signal(range(INPUT_PLANES))
+        word = Signal(range(last_word + 2))  # the word being written: position * W + word
+        wr_addr = Signal(len(seq.load_addr))
         m.d.sync += [seq.load_we.eq(writing), seq.load_addr.eq(wr_addr), seq.load_en.eq((1 << s) - 1)]
         with m.Switch(plane):
-            for p, plane_word in enumerate(words):
+            for p, plane_word in enumerate(buffer):
                 with m.Case(p):
                     m.d.sync += seq.load_data.eq(plane_word)
+        with m.If(start):
+            m.d.sync += word.eq(0)
         with m.If(writing):
             m.d.sync += [plane.eq(plane + 1), wr_addr.eq(wr_addr + layout.plane_words)]
             with m.If(plane == INPUT_PLANES - 1):
                 m.d.sync += [writing.eq(0), word.eq(word + 1)]
                 with m.If(word == last_word):
                     m.d.comb += done.eq(1)
-                with m.Else():
-                    m.d.sync += reading.eq(1)
+        with m.If(copy):  # the previous word's last write is in this cycle at the latest
+            m.d.sync += [writing.eq(1), plane.eq(0), wr_addr.eq(Mux(writing, word + 1, word))]
+            m.d.sync += [b.eq(wd) for b, wd in zip(buffer, words, strict=True)]
 
     def elaborate(self, platform):
         m = Module()

@@ -123,20 +123,29 @@ def cycles_to_first_layer(acc, image):
     return seen[0]
 
 
-@pytest.mark.parametrize("net,im2col", [(strided_first_network(13, 1), True), (linear_stack_network(12), False)])
-def test_load_takes_the_cycles_hw_json_states(net, im2col):
+@pytest.mark.parametrize("net,simd,im2col", [
+    (strided_first_network(13, 1), 8, True), (strided_first_network(13, 0), 4, True),
+    (strided_first_network(13, 1), 32, True), (linear_stack_network(12), 8, False),
+])
+def test_load_takes_the_cycles_hw_json_states(net, simd, im2col):
     # start cycle, load_cycles, the run pulse, then the sequencer loads the first layer
-    acc = Accelerator(net, 2, 2, 8)
+    acc = Accelerator(net, 2, 2, simd)
     assert (acc.plan.input_layout.im2col is not None) == im2col
     cycle, taken = cycles_to_first_layer(acc, images_for(net, 1, 0)[0])
     assert taken == net.input_shape.size
     assert cycle == 1 + load_cycles(acc.plan) + 1
-    # im2col: 50 pixels (2 x 5 x 5) a cycle each, then per output position (3 x 3) its
-    # 18 taps (3 x 3 x 2 channels: three 8-lane words) read one a cycle, and per word the
-    # 4 drain cycles and 8 plane writes
     assert load_cycles_per_pixel(acc.plan) == (1 if im2col else 24)
-    if im2col:
-        assert load_cycles(acc.plan) == 50 + 9 * (18 + 3 * (4 + 8))
+    if im2col and simd == 8:
+        # 50 pixels (2 x 5 x 5) a cycle each, then per output position (3 x 3) its 18
+        # taps (3 x 3 x 2 channels: words of 8, 8 and 2 lanes) read a cycle each, 6 idle
+        # cycles before each 2-lane word, and the tail after the last read
+        assert load_cycles(acc.plan) == 50 + 9 * 18 + 9 * 6 + 13
+
+
+@pytest.mark.parametrize("simd,bank_depth", [(4, 64), (32, 4)])
+def test_im2col_windows_at_other_widths(simd, bank_depth):
+    # S = 4: 5 words a window (4 lanes, waiting 4 cycles; the last 2, waiting 6); S = 32: one of 18 lanes
+    check(strided_first_network(13, 1), 2, 3, simd, count=2, stall_seed=simd, image_banks=bank_depth)
 
 
 def test_drain_of_held_results_overlaps_the_next_group():
