@@ -259,10 +259,9 @@ def image_cycles(plan, cycles: int) -> int:
     (``cycles``), then the result stream. The ``2 * num_classes + 3`` cycles of the start
     pulse, the run pulse and the result stream were measured in simulation
     (:func:`simulate_image` reports the real count, so ``--validate`` shows any drift)."""
-    from binforge.hw.generate import describe
+    from binforge.hw.accelerator import load_cycles
 
-    net = plan.net
-    return int(describe(plan, {})["protocol"]["load_cycles"]) + cycles + 2 * net.num_classes + 3
+    return load_cycles(plan) + cycles + 2 * plan.net.num_classes + 3
 
 
 def golden_accuracy(net: Network, images: np.ndarray, labels: np.ndarray) -> float:

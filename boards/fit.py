@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from binforge.hw.sequencer import DP16KD_SHAPES
+
 from binforge.errors import BinforgeError
 
 from .platforms import Board
@@ -31,7 +33,7 @@ __all__ = ["MemoryNeed", "FitEstimate", "LOGIC_MODEL", "BRAM_SHAPES", "BRAM_WRIT
 #: Block RAM (depth, width) configurations per family.
 BRAM_SHAPES: dict[str, tuple[tuple[int, int], ...]] = {
     "ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2)),
-    "ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)),
+    "ecp5": tuple(sorted(DP16KD_SHAPES)),
     "xilinx7": ((512, 72), (1024, 36), (2048, 18), (4096, 9), (8192, 4), (16384, 2), (32768, 1)),
 }
 

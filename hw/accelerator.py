@@ -236,7 +236,7 @@ class Accelerator(wiring.Component):
         writing, plane = Signal(), Signal(range(INPUT_PLANES))
         word = Signal(range(last_word + 2))  # the word being written: position * W + word
         wr_addr = Signal(len(seq.load_addr))
-        m.d.sync += [seq.load_we.eq(writing), seq.load_addr.eq(wr_addr), seq.load_en.eq((1 << s) - 1)]
+        m.d.sync += [seq.load_we.eq(writing), seq.load_addr.eq(wr_addr)]  # whole words: no lane enables
         with m.Switch(plane):
             for p, plane_word in enumerate(buffer):
                 with m.Case(p):
@@ -272,22 +272,22 @@ class Accelerator(wiring.Component):
         # into a byte memory as they come (one per cycle), then the window words are
         # assembled from it and written whole (:meth:`_expand`).
         im2col = layout.im2col
-        aw = seq.act_addr_width + log_s + 2
-        byte = Signal(8)
-        have = Signal()
-        plane = Signal(range(INPUT_PLANES))
-        channel = Signal(range(shape.channels + 1))
-        pos = Signal(range(hw + 1))
-        pos_acc = Signal(aw)
-        plane_acc = Signal(aw)
-        bit_addr = Signal(aw)
-        last_plane = plane == INPUT_PLANES - 1
-        # (channel, pos) is the image's last pixel: a flag kept with the counters, so that
-        # the stream's ready and the loader's branches wait for no compare.
-        only_pixel = shape.channels == 1 and hw == 1
-        last_pixel = Signal(init=int(only_pixel))
-        go = Signal()
         if im2col is None:
+            aw = seq.act_addr_width + log_s + 2
+            byte = Signal(8)
+            have = Signal()
+            plane = Signal(range(INPUT_PLANES))
+            channel = Signal(range(shape.channels + 1))
+            pos = Signal(range(hw + 1))
+            pos_acc = Signal(aw)
+            plane_acc = Signal(aw)
+            bit_addr = Signal(aw)
+            last_plane = plane == INPUT_PLANES - 1
+            # (channel, pos) is the image's last pixel: a flag kept with the counters, so
+            # that the stream's ready and the loader's branches wait for no compare.
+            only_pixel = shape.channels == 1 and hw == 1
+            last_pixel = Signal(init=int(only_pixel))
+            go = Signal()
             bit = Signal()
             m.d.comb += [bit.eq(byte.bit_select(plane, 1)), bit_addr.eq(plane_acc + pos_acc + channel)]
             # The last bit of a position's channels (padded layout) or of the plane (dense
@@ -335,10 +335,11 @@ class Accelerator(wiring.Component):
         with m.FSM(name="accelerator"):
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [self.done.eq(0), have.eq(0), plane.eq(0), channel.eq(0), pos.eq(0),
-                                 last_pixel.eq(only_pixel),
-                                 pos_acc.eq(0), plane_acc.eq(0), count.eq(0)]
-                    if im2col is not None:
+                    m.d.sync += [self.done.eq(0), count.eq(0)]
+                    if im2col is None:
+                        m.d.sync += [have.eq(0), plane.eq(0), channel.eq(0), pos.eq(0),
+                                     last_pixel.eq(only_pixel), pos_acc.eq(0), plane_acc.eq(0)]
+                    else:
                         m.d.sync += taken.eq(0)
                     m.next = "LOAD"
             if im2col is not None:

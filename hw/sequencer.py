@@ -29,8 +29,8 @@ def _addr_width(depth: int) -> int:
     return max(1, (depth - 1).bit_length())
 
 
-#: ECP5 DP16KD configurations (depth, width), deepest first.
-_DP16KD_SHAPES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+#: ECP5 DP16KD configurations (depth, width), deepest first (also the fit estimate's).
+DP16KD_SHAPES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
 
 
 def image_bank_depth(image_banks, simd: int, platform) -> int | None:
@@ -46,7 +46,7 @@ def image_bank_depth(image_banks, simd: int, platform) -> int | None:
     if image_banks == "auto":
         if getattr(platform, "family", None) != "ecp5":
             return None
-        return next((d for d, w in _DP16KD_SHAPES if w >= simd), 512)
+        return next((d for d, w in DP16KD_SHAPES if w >= simd), 512)
     return image_banks
 
 
