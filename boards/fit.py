@@ -22,6 +22,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from binforge.hw.sequencer import DP16KD_SHAPES
+from binforge.hw.spram import image_memory_kind, spram_tiles
 
 from binforge.errors import BinforgeError
 
@@ -115,7 +116,8 @@ class MemoryNeed:
     """One memory of the design (``copies`` identical ones) and the block RAMs it takes.
 
     ``in_logic``: small enough that synthesis builds it from LUTs and flip-flops
-    instead (then ``blocks`` is 0).
+    instead (then ``blocks`` is 0). ``spram``: single-port RAM tiles it takes instead of
+    block RAM (the im2col image memory on an iCE40 UltraPlus; then ``blocks`` is 0).
     """
 
     name: str
@@ -125,6 +127,7 @@ class MemoryNeed:
     bits: int
     blocks: int
     in_logic: bool = False
+    spram: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,10 +146,13 @@ class FitEstimate:
     memory_bits: int
     logic_cells: int
     logic_available: int
+    spram_blocks: int = 0
+    spram_available: int = 0
 
     @property
     def fits(self) -> bool:
-        return self.bram_blocks <= self.bram_available and self.logic_cells <= self.logic_available
+        return (self.bram_blocks <= self.bram_available and self.logic_cells <= self.logic_available
+                and self.spram_blocks <= self.spram_available)
 
     def to_json(self) -> dict:
         return {**asdict(self), "memories": [asdict(m) for m in self.memories], "fits": self.fits}
@@ -252,6 +258,12 @@ def estimate_fit(plan, board: Board) -> FitEstimate:
     """Estimate the block RAMs and logic ``plan`` (a ``NetworkPlan``) takes on ``board``."""
     family = board.family
     needs = [_memory_need(family, *memory) for memory in _memories(plan)]
+    # The accelerator's image memory goes where hw/spram.py puts it on this device.
+    if plan.image_depth and image_memory_kind("auto", cols=plan.cols, simd=plan.simd, depth=plan.image_depth,
+                                              device=board.device.split("-")[0]) == "spram":
+        needs = [MemoryNeed(m.name, m.width, m.depth, m.copies, m.bits, 0, False,
+                            m.copies * spram_tiles(m.width, m.depth)) if m.name == "image" else m
+                 for m in needs]
     lanes = plan.rows * plan.cols * plan.simd
     logic = estimate_logic(plan, family) + sum(_memory_logic(m, family) for m in needs)
     res = board.resources
@@ -260,6 +272,7 @@ def estimate_fit(plan, board: Board) -> FitEstimate:
         lanes=lanes, memories=tuple(needs), bram_blocks=sum(m.blocks for m in needs),
         bram_available=res.bram_blocks, memory_bits=sum(m.bits for m in needs),
         logic_cells=math.ceil(logic), logic_available=res.logic_cells,
+        spram_blocks=sum(m.spram for m in needs), spram_available=res.spram_blocks,
     )
 
 

@@ -90,6 +90,10 @@ class Accelerator(wiring.Component):
         (:func:`~binforge.hw.sequencer.image_bank_depth`): ``"auto"`` (default) one
         DP16KD deep on ECP5, one memory elsewhere; ``None`` never; a power of two: words
         per bank. Same cycles and memory bits either way.
+    image_memory : str
+        ``"auto"`` (default): the im2col image memory in the SB_SPRAM256KA tiles of an
+        iCE40 UltraPlus where they hold it (:func:`~binforge.hw.spram.image_memory_kind`),
+        ``"block"``: block RAM, ``"spram"``: the single-port structure anywhere. Same cycles.
 
     Members
     -------
@@ -119,11 +123,12 @@ class Accelerator(wiring.Component):
     """
 
     def __init__(self, net: Network, rows: int, cols: int, simd: int, relay: int = DEFAULT_RELAY,
-                 gain_mode: str = DEFAULT_GAIN_MODE, *, image_banks="auto"):
+                 gain_mode: str = DEFAULT_GAIN_MODE, *, image_banks="auto",
+                 image_memory="auto"):
         if not isinstance(net, Network):
             raise TypeError(f"net must be a binforge.compiler.ir.Network, not {type(net).__name__}")
         self._plan = plan_network(net, rows, cols, simd, relay, gain_mode)
-        self._sequencer = LayerSequencer(self._plan, image_banks=image_banks)
+        self._sequencer = LayerSequencer(self._plan, image_banks=image_banks, image_memory=image_memory)
         super().__init__({
             "pixels": In(stream.Signature(8)),
             "result": Out(stream.Signature(ResultLayout)),

@@ -102,9 +102,14 @@ def describe(plan, cycles: dict, port_list: list[dict] | None = None) -> dict:
 
 
 def generate(net: Network, rows: int, cols: int, simd: int, out_dir, *, relay: int = DEFAULT_RELAY,
-             gain_mode: str = DEFAULT_GAIN_MODE, max_bram_bits: int | None = None) -> dict:
+             gain_mode: str = DEFAULT_GAIN_MODE, max_bram_bits: int | None = None, platform=None) -> dict:
     """Write ``binforge_top.v``, ``hw.json`` and the network itself (``network.json`` +
     ``weights.npz``) for ``net`` on an R x C x S array into ``out_dir``.
+
+    ``platform`` (default none: portable Verilog) is what the design is elaborated for:
+    on an iCE40 UltraPlus the im2col image memory becomes SB_SPRAM256KA instances
+    (:mod:`binforge.hw.spram`), whose simulation model
+    :func:`binforge.sim.primitives.primitive_models` gives.
 
     Raises ValueError when the network cannot be mapped (bad parameters, widths, or
     memories beyond ``max_bram_bits``). Returns hw.json's content.
@@ -116,7 +121,7 @@ def generate(net: Network, rows: int, cols: int, simd: int, out_dir, *, relay: i
         raise ValueError(f"the network needs {bits} bits of on-chip memory ({detail}), more than "
                          f"the {max_bram_bits} allowed")
     top = BinforgeTop(Accelerator(net, rows, cols, simd, relay=relay, gain_mode=gain_mode))
-    text = verilog.convert(top, name=TOP_NAME, emit_src=False)
+    text = verilog.convert(top, name=TOP_NAME, emit_src=False, platform=platform)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / VERILOG_FILE).write_text(text)

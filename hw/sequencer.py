@@ -11,7 +11,7 @@ groups, or lets the pool engine run a max-pool layer.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -20,6 +20,7 @@ from .descriptor import DescriptorFormat
 from .maxpool import BitMaxPool
 from .output_stage import OutputStage
 from .plan import OUT_DATA_WIDTH, NetworkPlan
+from .spram import SinglePortImage, image_memory_kind
 from .window import WindowGenerator
 
 __all__ = ["LayerSequencer", "debug_signature"]
@@ -116,14 +117,24 @@ class LayerSequencer(wiring.Component):
     banks, each read into a register of its own; the bank multiplexer then shares the
     cycle of the source/pad select (no block RAM clock-to-output before it). Same cycles,
     same memory bits.
+
+    ``image_memory`` (:func:`~binforge.hw.spram.image_memory_kind`) puts the im2col image
+    memory in single-port RAM: ``"auto"`` (default) on an iCE40 UltraPlus whose SPRAM tiles
+    hold every column's copy, ``"spram"`` on any platform (a plain memory with one address
+    off the UltraPlus: how tests run it), ``"block"`` never. Same cycles.
     """
 
-    def __init__(self, plan: NetworkPlan, *, image_banks="auto"):
+    def __init__(self, plan: NetworkPlan, *, image_banks="auto", image_memory="auto"):
         if not isinstance(plan, NetworkPlan):
             raise TypeError(f"plan must be a NetworkPlan, not {plan!r}")
         _check_image_banks(image_banks)
+        image_memory_kind(image_memory, cols=plan.cols, simd=plan.simd, depth=plan.image_depth, device=None)
+        if image_memory == "spram" and isinstance(image_banks, int):
+            raise ValueError(f"image_banks={image_banks!r} splits a block-RAM image memory; "
+                             f"a single-port one (image_memory='spram') has no banks")
         self._plan = plan
         self._image_banks = image_banks
+        self._image_memory = image_memory
         self._format = DescriptorFormat(plan)
         self._act_aw = _addr_width(max(*plan.buffer_depths, plan.image_depth))
         self._logit_aw = _addr_width(plan.logits_depth)
@@ -273,7 +284,10 @@ class LayerSequencer(wiring.Component):
         # The image memory in banks (``image_banks``): bank ``addr >> bank_bits`` holds the
         # word at ``addr``'s low bits; each bank's read register is enabled in cycles
         # without a write to that bank, and the bank index follows the read by a register.
-        bank_depth = image_bank_depth(self._image_banks, s, platform) if image else None
+        single_port = image and image_memory_kind(
+            self._image_memory, cols=cols, simd=s, depth=plan.image_depth,
+            device=getattr(platform, "device", None)) == "spram"
+        bank_depth = image_bank_depth(self._image_banks, s, platform) if image and not single_port else None
         banks = -(-plan.image_depth // bank_depth) if bank_depth else 1
         bank_bits = (bank_depth - 1).bit_length() if banks > 1 else 0
         bank_select = [None] * cols
@@ -309,6 +323,15 @@ class LayerSequencer(wiring.Component):
                     m.d.sync += select.eq(addr[bank_bits:])
                     read_data[b][c] = bank_data
                     bank_select[c] = select
+                    continue
+                if b == 2 and single_port:
+                    # One address for the loader's writes and the first layer's reads
+                    # (never in the same cycle); the word registered as below.
+                    spram = SinglePortImage(s, plan.image_depth)
+                    m.submodules[f"image_col{c}"] = spram
+                    m.d.comb += [spram.addr.eq(Mux(write_en[b], write_addr, addr)), spram.we.eq(write_en[b]),
+                                 spram.wdata.eq(write_data)]
+                    read_data[b][c] = spram.rdata
                     continue
                 if b == 2:
                     mem = memory.Memory(shape=unsigned(s), depth=plan.image_depth,

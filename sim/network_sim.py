@@ -25,6 +25,7 @@ import numpy as np
 from binforge.compiler.ir import Network
 from binforge.sim.cocotb_runner import SimulationFailed, build_design, run_testbench
 from binforge.sim.golden import run_network
+from binforge.sim.primitives import primitive_models
 
 from binforge.errors import BinforgeError
 
@@ -144,6 +145,18 @@ def read_hw(hw_dir: str | os.PathLike) -> tuple[dict[str, Any], Path]:
     if not verilog.is_file():
         raise BinforgeError(f"{verilog} does not exist; regenerate the hardware with 'binforge hw'")
     return desc, verilog
+
+
+def _sources(verilog: Path, run_dir: Path) -> list[Path]:
+    """The Verilog to build: the design, and the models of the vendor primitives it
+    instantiates (Verilog elaborated for a platform), written into ``run_dir``."""
+    models = primitive_models(verilog.read_text())
+    if not models:
+        return [verilog]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "primitives.v"
+    path.write_text(models)
+    return [verilog, path]
 
 
 def _check_matches(desc: dict[str, Any], net: Network) -> None:
@@ -316,8 +329,8 @@ def localise_image(hw_dir: str | os.PathLike, net: Network, image: np.ndarray, *
     if image.dtype != np.uint8 or image.shape != net.input_shape.as_tuple():
         raise BinforgeError(f"the image must be uint8 {net.input_shape.as_tuple()}, not {image.dtype} {image.shape}")
     golden = run_network(net, image[None])
-    design = build_design(simulator, [verilog], desc.get("top", "binforge_top"), build_root=build_root,
-                          name=f"net-{desc.get('network', 'top')}")
+    design = build_design(simulator, _sources(verilog, Path(run_dir)), desc.get("top", "binforge_top"),
+                          build_root=build_root, name=f"net-{desc.get('network', 'top')}")
     load_cycles = _load_cycles_per_pixel(desc, net)
     return _localise_image(design, net, int(desc["simd"]), image, golden, 0, Path(run_dir), load_cycles, seed,
                            index=0)
@@ -368,8 +381,8 @@ def simulate_network(hw_dir: str | os.PathLike, net: Network, images: np.ndarray
     if images.dtype != np.uint8 or images.ndim != 4:
         raise BinforgeError(f"images must be uint8 (N, C, H, W), not {images.dtype} {images.shape}")
     golden = run_network(net, images)
-    design = build_design(simulator, [verilog], desc.get("top", "binforge_top"), build_root=build_root,
-                          waves=waves, name=f"net-{desc.get('network', 'top')}")
+    design = build_design(simulator, _sources(verilog, Path(run_dir)), desc.get("top", "binforge_top"),
+                          build_root=build_root, waves=waves, name=f"net-{desc.get('network', 'top')}")
     cycles = int(desc["cycles"]["total"]) if check_cycles else None
     layer_cycles = expected_layer_cycles(desc)
     load_cycles = _load_cycles_per_pixel(desc, net)

@@ -112,8 +112,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"clock      the board's {clock['board_oscillator_mhz']:g} MHz oscillator (no PLL)")
     fit = report["fit_estimate"]
+    spram = (f", {fit['spram_blocks']} of {fit['spram_available']} SPRAM tiles (image memory)"
+             if fit.get("spram_blocks") else "")
     print(f"estimate   {fit['logic_cells']} of {fit['logic_available']} logic cells, "
-          f"{fit['bram_blocks']} of {fit['bram_available']} block RAMs")
+          f"{fit['bram_blocks']} of {fit['bram_available']} block RAMs{spram}")
     if report.get("built"):
         for name, use in report["utilisation"].items():
             print(f"used       {name:12s} {use['used']:6d} / {use['available']:6d}  ({use['percent']:.1f} %)")

@@ -48,7 +48,11 @@ def test_estimate_counts_the_image_memory_and_the_op_table(net):
         assert op_table.depth == n_ops and not op_table.in_logic and op_table.blocks >= 1
         for name in ("activations_0", "activations_1", "image"):
             m = needs[name]
-            if not m.in_logic:
+            if name == "image" and board_name == "icebreaker":
+                # the UP5K's single-port RAM: a tile per column, no block RAM
+                assert (m.blocks, m.spram, m.in_logic) == (0, 2, False)
+                assert (estimate.spram_blocks, estimate.spram_available) == (2, 4)
+            elif not m.in_logic:
                 # written a whole word at a time (the sequencer merges partial writes)
                 assert m.blocks == 2 * bram_blocks(board.family, m.width, m.depth)
         assert estimate.bram_blocks == sum(m.blocks for m in estimate.memories)
@@ -80,3 +84,16 @@ def test_the_result_hold_costs_a_cell_per_bit_on_ice40_only(net):
     bits = plan.rows * plan.cols * plan.pe_width
     assert estimate_logic(plan, "ice40") == pytest.approx(estimate_logic(without, "ice40") + bits)
     assert estimate_logic(plan, "ecp5") == pytest.approx(estimate_logic(without, "ecp5"))
+
+
+@pytest.mark.parametrize("rows,cols,simd,spram", [
+    (2, 1, 16, 1), (2, 4, 16, 4), (2, 2, 32, 4), (2, 1, 64, 4),
+    (2, 5, 16, 0), (2, 3, 32, 0), (2, 1, 128, 0),  # more tiles than the UP5K's 4: block RAM
+])
+def test_image_memory_in_spram_where_the_up5k_has_the_tiles(net, rows, cols, simd, spram):
+    plan = plan_network(net, rows, cols, simd)
+    up5k = {m.name: m for m in estimate_fit(plan, get_board("icebreaker")).memories}["image"]
+    hx8k = {m.name: m for m in estimate_fit(plan, get_board("ice40-hx8k")).memories}["image"]
+    assert up5k.spram == spram
+    assert up5k.blocks == (0 if spram else cols * bram_blocks("ice40", simd, plan.image_depth))
+    assert (hx8k.spram, hx8k.blocks) == (0, cols * bram_blocks("ice40", simd, plan.image_depth))

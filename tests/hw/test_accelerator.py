@@ -20,10 +20,12 @@ def images_for(net, count, seed):
     return images
 
 
-def check(net, rows, cols, simd, count=1, stall_seed=None, gain_mode="shift", image_banks="auto"):
+def check(net, rows, cols, simd, count=1, stall_seed=None, gain_mode="shift", image_banks="auto",
+          image_memory="auto"):
     images = images_for(net, count, rows * 7 + cols)
     golden = run_network(net, images)
-    acc = Accelerator(net, rows, cols, simd, gain_mode=gain_mode, image_banks=image_banks)
+    acc = Accelerator(net, rows, cols, simd, gain_mode=gain_mode, image_banks=image_banks,
+                      image_memory=image_memory)
     assert acc.plan.gain_format.kind in (("multiply",) if gain_mode == "multiply" else ("horner", "sign"))
     classes, logits, cycles = run_accelerator(acc, images, stall_seed=stall_seed)
     np.testing.assert_array_equal(logits, golden.logits)
@@ -165,3 +167,23 @@ def test_drain_of_held_results_overlaps_the_next_group():
     np.testing.assert_array_equal(logits, golden.logits)
     np.testing.assert_array_equal(classes, golden.predictions)
     assert cycles == [analytic_cycles(plan)["total"]] * 2
+
+
+@pytest.mark.parametrize("pad_bit,simd", [(0, 8), (1, 4), (1, 32)])
+def test_im2col_image_memory_single_port(pad_bit, simd):
+    # one address for the loader's writes and the first layer's reads (the SPRAM structure
+    # of an iCE40 UltraPlus, a plain memory here): same results, same cycles
+    check(strided_first_network(13, pad_bit), 2, 3, simd, count=2, stall_seed=pad_bit + simd,
+          image_memory="spram")
+
+
+@pytest.mark.parametrize("image_memory", ["spram ", "SPRAM", None, 1])
+def test_image_memory_must_be_known(rejects, image_memory):
+    rejects(ValueError, f"image_memory must be one of 'auto', 'block', 'spram', not {image_memory!r}",
+            Accelerator, strided_first_network(13, 0), 2, 2, 8, image_memory=image_memory)
+
+
+def test_single_port_image_memory_has_no_banks(rejects):
+    rejects(ValueError, "image_banks=16 splits a block-RAM image memory; a single-port one "
+            "(image_memory='spram') has no banks", Accelerator, strided_first_network(13, 0), 2, 2, 8,
+            image_banks=16, image_memory="spram")

@@ -148,3 +148,31 @@ def test_a_planted_fault_is_located_at_its_layer_channel_and_position(simulator,
             y, x = value["position"]
             assert value["channel"] == 1
             assert value["got"] == int(bits[value["plane"], y, x]) != value["expected"]
+
+
+class _UltraPlus:
+    """What the accelerator asks of a platform when it places the image memory."""
+    device = "iCE40UP5K"
+    family = "iCE40"
+
+
+@pytest.mark.parametrize("rows,cols,simd", [(2, 2, 8), (2, 1, 32)])
+def test_image_memory_in_ice40_spram_tiles(simulator, build_root, tmp_path, record_cases, rows, cols, simd):
+    # Elaborated for an iCE40 UltraPlus, the im2col image memory is SB_SPRAM256KA
+    # instances (one tile per column at S = 8, two side by side at S = 32), simulated with
+    # Yosys's model of the primitive: bit-exact, same cycles as the portable design
+    net = random_network(5, in_shape=Shape(1, 8, 8), first_weight_planes=1, channels=(4, 6),
+                         act_planes=(1, 1))
+    plan = plan_network(net, rows, cols, simd)
+    assert plan.input_layout.im2col is not None and plan.image_depth == 8 * 64 * -(-16 // simd)
+    folder = tmp_path / "hw"
+    generate(net, rows, cols, simd, folder, platform=_UltraPlus())
+    _, verilog = read_hw(folder)
+    assert verilog.read_text().count("SB_SPRAM256KA ") == cols * -(-simd // 16)
+    images = edge_and_random_images(net, 6, seed=7)
+    result = simulate_network(folder, net, images, simulator=simulator, run_dir=tmp_path / "run",
+                              build_root=build_root, seed=3, in_stall=0.3, out_stall=0.3)
+    record_cases(result.cases, result.mismatch_count)
+    assert result.mismatch_count == 0, result.mismatches[:5]
+    assert result.images == result.matches == len(images)
+    assert result.rtl_cycles == [analytic_cycles(plan)["total"]] * len(images)
