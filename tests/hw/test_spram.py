@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from amaranth.back import rtlil
 from amaranth.sim import Simulator
-from binforge.hw.spram import SPRAM_DEPTH, SinglePortImage, image_memory_kind, spram_available, spram_tiles
+from binforge.hw.spram import (
+    SPRAM_DEPTH,
+    SinglePortImage,
+    image_memory_kind,
+    spram_available,
+    spram_tiles,
+)
 
 
 def test_tiles_side_by_side_and_never_deeper_than_one():
