@@ -67,8 +67,9 @@ def ports(top) -> list[dict]:
     return out
 
 
-def describe(plan, cycles: dict, port_list: list[dict] | None = None) -> dict:
-    """hw.json's content for a plan."""
+def describe(plan, cycles: dict, port_list: list[dict] | None = None, device: str | None = None) -> dict:
+    """hw.json's content for a plan; ``device``: the FPGA the Verilog was elaborated for
+    (its vendor primitives in it), ``None`` for portable Verilog."""
     net = plan.net
     return {
         "format": "binforge-hw",
@@ -83,6 +84,7 @@ def describe(plan, cycles: dict, port_list: list[dict] | None = None) -> dict:
         "simd": plan.simd,
         "relay": plan.relay,
         "lanes": plan.rows * plan.cols * plan.simd,
+        "device": device,
         "pe_width": plan.pe_width,
         "hold_results": plan.hold_results,
         "gain_format": plan.gain_format.kind,
@@ -127,6 +129,6 @@ def generate(net: Network, rows: int, cols: int, simd: int, out_dir, *, relay: i
     (out / VERILOG_FILE).write_text(text)
     # HW/ carries the network it was generated from, so `sim` and `build` need no --net.
     ir.save(net, out)
-    desc = describe(plan, analytic_cycles(plan), ports(top))
+    desc = describe(plan, analytic_cycles(plan), ports(top), getattr(platform, "device", None))
     (out / HW_JSON).write_text(json.dumps(desc, indent=2) + "\n")
     return desc

@@ -36,6 +36,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--max-bram", type=int, default=None, metavar="KBIT",
                         help="refuse networks needing more on-chip memory than KBIT kilobits "
                         "(1 kbit = 1024 bits; iCE40UP5K has 120, ECP5-85 3744)")
+    parser.add_argument("--board", default=None, metavar="BOARD",
+                        help="elaborate for this board's FPGA, as 'binforge build' does: the Verilog "
+                        "then holds its primitives (iCE40 UltraPlus SPRAM for the image memory, ECP5 "
+                        "CCU2C carry chains), which 'binforge sim' runs with Yosys's models of them "
+                        "(default: portable Verilog)")
     parser.add_argument("--out", required=True, metavar="HW", help="output folder")
     parser.set_defaults(run=run)
     return parser
@@ -50,15 +55,21 @@ def run(args: argparse.Namespace) -> int:
     except IRError as exc:
         raise BinforgeError(f"cannot read the network: {exc}") from None
     limit = None if args.max_bram is None else args.max_bram * 1024
+    platform = None
+    if args.board is not None:
+        from binforge.boards.platforms import get_board
+
+        platform = get_board(args.board).platform()
     try:
         with atomic_output_dir(args.out) as folder:
             desc = generate(net, args.rows, args.cols, args.simd, folder, relay=args.relay,
-                            gain_mode=args.gains, max_bram_bits=limit)
+                            gain_mode=args.gains, max_bram_bits=limit, platform=platform)
             write_report(folder, "hw", network=net.name, rows=args.rows, cols=args.cols,
                          simd=args.simd, relay=args.relay, gains=args.gains,
                          gain_format=desc["gain_format"], lanes=desc["lanes"],
                          cycles=desc["cycles"]["total"], ideal_cycles=desc["cycles"]["ideal"],
-                         memory_bits=desc["memory_bits_total"], verilog=desc["verilog"])
+                         memory_bits=desc["memory_bits_total"], verilog=desc["verilog"],
+                         board=args.board, device=desc["device"])
     except ValueError as exc:
         raise BinforgeError(f"cannot map {net.name!r} onto the array: {exc}") from None
     bits = desc["memory_bits"]
@@ -66,5 +77,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"array      {args.rows} x {args.cols} PEs x {args.simd} bits = {desc['lanes']} lanes")
     print(f"cycles     {desc['cycles']['total']} per image (busy array alone: {desc['cycles']['ideal']})")
     print(f"memory     {desc['memory_bits_total']} bits: " + ", ".join(f"{k} {v}" for k, v in bits.items()))
-    print(f"verilog    {args.out}/{desc['verilog']} (top module {desc['top']})")
+    target = f", elaborated for the {desc['device']} of --board {args.board}" if args.board else ""
+    print(f"verilog    {args.out}/{desc['verilog']} (top module {desc['top']}{target})")
     return 0

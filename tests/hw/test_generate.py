@@ -6,7 +6,7 @@ import pytest
 from binforge.compiler import ir
 from binforge.hw.generate import PORTS, TOP_NAME, generate
 from binforge.hw.plan import analytic_cycles
-from networks import small_network
+from networks import small_network, strided_first_network
 
 from binforge.cli import main
 
@@ -39,6 +39,34 @@ def test_hw_command(net, tmp_path, capsys):
     assert report["cycles"] == analytic_cycles(net, 2, 2, 8)["total"]
     assert (tmp_path / "hw" / "binforge_top.v").is_file()
     assert "cycles" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("board,device,primitive", [
+    ("icebreaker", "iCE40UP5K", "SB_SPRAM256KA"),  # the im2col image memory in SPRAM
+    ("ulx3s-85f", "LFE5U-85F", "CCU2C"),  # the PEs' carry chains
+])
+def test_hw_command_elaborates_for_a_board(tmp_path, capsys, board, device, primitive):
+    net = strided_first_network(13, 1)
+    ir.save(net, tmp_path / "net")
+    assert main(["hw", str(tmp_path / "net"), "--rows", "2", "--cols", "2", "--simd", "8", "--board", board,
+                 "--out", str(tmp_path / "hw")]) == 0
+    desc = json.loads((tmp_path / "hw" / "hw.json").read_text())
+    assert desc["device"] == device
+    assert json.loads((tmp_path / "hw" / "report.json").read_text())["board"] == board
+    assert f"  {primitive} " in (tmp_path / "hw" / "binforge_top.v").read_text()
+    assert f"elaborated for the {device} of --board {board}" in capsys.readouterr().out
+    # portable by default: no primitives
+    assert main(["hw", str(tmp_path / "net"), "--rows", "2", "--cols", "2", "--simd", "8",
+                 "--out", str(tmp_path / "plain")]) == 0
+    assert json.loads((tmp_path / "plain" / "hw.json").read_text())["device"] is None
+    assert f"  {primitive} " not in (tmp_path / "plain" / "binforge_top.v").read_text()
+
+
+def test_hw_command_refuses_an_unknown_board(net, tmp_path, capsys):
+    ir.save(net, tmp_path / "net")
+    assert main(["hw", str(tmp_path / "net"), "--board", "icebraker", "--out", str(tmp_path / "hw")]) == 2
+    assert "unknown board 'icebraker'; choose one of icebreaker" in capsys.readouterr().err
+    assert not (tmp_path / "hw").exists()
 
 
 def test_hw_command_refuses_what_does_not_fit(net, tmp_path, capsys):

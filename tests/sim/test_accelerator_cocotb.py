@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from binforge.boards.platforms import get_board
 from binforge.compiler.ir import Shape
 from binforge.compiler.random_network import random_network
 from binforge.hw.generate import generate
@@ -176,3 +177,25 @@ def test_image_memory_in_ice40_spram_tiles(simulator, build_root, tmp_path, reco
     assert result.mismatch_count == 0, result.mismatches[:5]
     assert result.images == result.matches == len(images)
     assert result.rtl_cycles == [analytic_cycles(plan)["total"]] * len(images)
+
+
+@pytest.mark.parametrize("board", ["ulx3s-85f", "icebreaker"])
+def test_verilog_elaborated_for_a_board(simulator, build_root, tmp_path, record_cases, board):
+    # What `binforge hw --board` writes: on ECP5 the PEs' CCU2C carry chains and the image
+    # memory in banks, on the UP5K the image memory in SPRAM; simulated with Yosys's
+    # models of the primitives, bit-exact and with the portable design's cycles
+    net = random_network(6, in_shape=Shape(1, 8, 8), first_weight_planes=1, channels=(4, 6),
+                         act_planes=(1, 1))
+    folder = tmp_path / "hw"
+    desc = generate(net, 2, 2, 16, folder, platform=get_board(board).platform())
+    text = read_hw(folder)[1].read_text()
+    assert ("  CCU2C " in text) == (board == "ulx3s-85f")
+    assert ("  SB_SPRAM256KA " in text) == (board == "icebreaker")
+    assert desc["cycles"] == analytic_cycles(plan_network(net, 2, 2, 16))
+    images = edge_and_random_images(net, 5, seed=8)
+    result = simulate_network(folder, net, images, simulator=simulator, run_dir=tmp_path / "run",
+                              build_root=build_root, seed=4, in_stall=0.3, out_stall=0.3)
+    record_cases(result.cases, result.mismatch_count)
+    assert result.mismatch_count == 0, result.mismatches[:5]
+    assert result.images == result.matches == len(images)
+    assert result.rtl_cycles == [desc["cycles"]["total"]] * len(images)
