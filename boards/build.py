@@ -69,6 +69,19 @@ def binary_ops_per_image(net) -> int:
     return total
 
 
+def binary_conv_layers(net, layer_cycles: dict[str, int]) -> dict[str, int] | None:
+    """The binary conv layers' work: every conv compute layer but the first (the pixel
+    layer, bit-serial over the pixel planes), its binary ops per image (as
+    :func:`binary_ops_per_image` counts them) and its cycles (``layer_cycles``: the
+    analytic model's, by layer name). ``None`` when the network has none."""
+    layers = [layer for layer in net.compute_layers[1:] if layer.kind == "conv"]
+    if not layers:
+        return None
+    return {"layers": len(layers),
+            "binary_ops": sum(2 * layer.fan_in * layer.out_shape.size * len(layer.ops) for layer in layers),
+            "cycles": sum(int(layer_cycles[layer.name]) for layer in layers)}
+
+
 def board_pll(board: Board, requested_hz: float):
     """The PLL configuration that runs ``board``'s design at (at most) ``requested_hz``.
 
@@ -145,9 +158,11 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
     platform, top, plan, estimate = prepare_board_build(net, rows, cols, simd, board, baud=baud, pll=pll)
     use_yowasp_tools()
     build_plan = platform.build(top, name=DESIGN_NAME, do_build=False, **toolchain_overrides(board, seed=seed))
-    cycles = int(analytic_cycles(plan)["total"])
+    model = analytic_cycles(plan)
+    cycles = int(model["total"])
     image = _image_cycles(plan, cycles)
     ops = binary_ops_per_image(net)
+    conv = binary_conv_layers(net, {layer["name"]: layer["cycles"] for layer in model["layers"]})
     report: dict[str, Any] = {
         "board": board.name, "board_title": board.title, "device": board.device, "flow": board.flow,
         "network": net.name, "rows": rows, "cols": cols, "simd": simd, "lanes": estimate.lanes,
@@ -155,6 +170,7 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
         "clock": _clock_report(board, pll, clock_mhz),
         "uart": {"baud": baud, "divisor": uart_divisor(sync_hz, baud), "serial": board.serial},
         "cycles_per_image": cycles, "image_cycles_with_loading": image, "binary_ops_per_image": ops,
+        "binary_conv_layers": conv,
         "fit_estimate": estimate.to_json(),
     }
     with atomic_output_dir(out) as folder:
@@ -195,6 +211,11 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
             report.update(figures.to_json())
             fmax = _sync_fmax(figures, sync_hz)
             report.update(_throughput(fmax, figures, estimate.lanes, cycles, ops, board))
+            if conv is not None:
+                # the figure the accelerator's efficiency target is stated on
+                cells = figures.utilisation["logic_cells"].used
+                conv["binary_ops_per_logic_cell_per_cycle"] = round(conv["binary_ops"] / conv["cycles"] / cells, 4)
+                conv["lane_utilisation"] = round(conv["binary_ops"] / 2 / conv["cycles"] / estimate.lanes, 4)
             report["images_per_second_at_fmax_with_loading"] = round(fmax * 1e6 / image, 1) if fmax else None
             # Timing is met when nextpnr's Fmax of the design's clock reaches the clock it runs at.
             met = fmax is not None and fmax >= sync_hz / 1e6

@@ -135,6 +135,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"loading    {report['image_cycles_with_loading']} cycles per image with loading and the "
                   f"result stream (a pixel offered every cycle): "
                   f"{report['images_per_second_at_fmax_with_loading']:.0f} images/s at Fmax")
+        conv = report.get("binary_conv_layers")
+        if conv and "binary_ops_per_logic_cell_per_cycle" in conv:
+            unit = "logic cell" if report["device"].startswith("iCE40") else "LUT"
+            print(f"conv       {conv['layers']} binary conv layers: {conv['binary_ops']} binary ops in "
+                  f"{conv['cycles']} cycles, {conv['binary_ops_per_logic_cell_per_cycle']:.4f} ops per {unit} "
+                  f"per cycle (lanes {100 * conv['lane_utilisation']:.1f} % busy)")
         print(f"bitstream  {out / report['bitstream']}")
     else:
         print(f"note       {report['note']}")

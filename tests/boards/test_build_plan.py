@@ -109,6 +109,28 @@ def test_binary_ops_count_every_op_of_every_layer(net):
     assert binary_ops_per_image(net) == expected > 0
 
 
+def test_binary_conv_layers_are_the_conv_layers_after_the_pixel_layer(tmp_path):
+    from binforge.boards.build import binary_conv_layers
+    from binforge.compiler.ir import Shape
+    from binforge.compiler.random_network import random_network
+    from binforge.hw.plan import analytic_cycles
+
+    conv_net = random_network(4, in_shape=Shape(1, 8, 8), channels=(4, 6, 6))
+    model = analytic_cycles(conv_net, 2, 2, 8)
+    cycles = {layer["name"]: layer["cycles"] for layer in model["layers"]}
+    convs = [layer for layer in conv_net.compute_layers if layer.kind == "conv"]
+    assert len(convs) == 3
+    figures = binary_conv_layers(conv_net, cycles)
+    assert figures == {"layers": 2,
+                       "binary_ops": sum(2 * c.fan_in * c.out_shape.size * len(c.ops) for c in convs[1:]),
+                       "cycles": sum(cycles[c.name] for c in convs[1:])}
+    report = build_for_board(conv_net, 2, 2, 8, "icebreaker", tmp_path / "out", do_build=False, progress=False)
+    assert report["binary_conv_layers"] == figures
+    # an MLP has none
+    mlp = random_network(4, in_shape=Shape(1, 4, 4), channels=(), pool=False)
+    assert binary_conv_layers(mlp, {}) is None
+
+
 def test_toolchain_options_per_family():
     assert toolchain_overrides(get_board("ulx3s-85f"))["synth_opts"] == "-nowidelut"
     assert "synth_opts" not in toolchain_overrides(get_board("icebreaker"))
