@@ -65,7 +65,11 @@ class BitMaxPool(wiring.Component):
         d = self.desc
         aw = len(self.rd_addr) + 2
         busy = Signal()
-        n, yo, xo, j, ky, kx = (Signal(16, name=nm) for nm in ("n", "yo", "xo", "j", "ky", "kx"))
+        # Each counter as wide as the descriptor field it runs up to (its compare then
+        # spans no constant-zero high bits).
+        n, yo, xo, j, ky, kx = (Signal(len(field), name=nm) for nm, field in (
+            ("n", d.pool_planes_l), ("yo", d.pool_out_hl), ("xo", d.pool_out_wl), ("j", d.cwl),
+            ("ky", d.kl), ("kx", d.kl)))
         base_n, base_y, base_x = (Signal(aw, name=nm) for nm in ("base_n", "base_y", "base_x"))
         tap_row, tap = Signal(aw), Signal(aw)
         out_addr = Signal(aw)
