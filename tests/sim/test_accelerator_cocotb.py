@@ -35,6 +35,17 @@ def edge_and_random_images(net, count, seed):
     return images
 
 
+def simulate_bit_exact(folder, net, images, simulator, build_root, run_dir, record_cases, seed):
+    """``images`` through the RTL in ``folder`` with 30 % stalls on both streams: every
+    image bit-exact. Returns the result for the cycle checks."""
+    result = simulate_network(folder, net, images, simulator=simulator, run_dir=run_dir,
+                              build_root=build_root, seed=seed, in_stall=0.3, out_stall=0.3)
+    record_cases(result.cases, result.mismatch_count)
+    assert result.mismatch_count == 0, result.mismatches[:5]
+    assert result.images == result.matches == len(images)
+    return result
+
+
 def test_tiny_network_bit_exact_with_stalls_and_resets(simulator, build_root, tiny, tmp_path, record_cases):
     net, folder = tiny
     # Icarus is about ten times slower: fewer images there, the same features.
@@ -62,11 +73,7 @@ def test_held_results_drained_while_the_next_group_lands(simulator, build_root, 
     folder = tmp_path / "hw"
     generate(net, 4, 5, 16, folder, relay=1)
     images = edge_and_random_images(net, 6, seed=4)
-    result = simulate_network(folder, net, images, simulator=simulator, run_dir=tmp_path / "run",
-                              build_root=build_root, seed=2, in_stall=0.3, out_stall=0.3)
-    record_cases(result.cases, result.mismatch_count)
-    assert result.mismatch_count == 0, result.mismatches[:5]
-    assert result.images == result.matches == len(images)
+    result = simulate_bit_exact(folder, net, images, simulator, build_root, tmp_path / "run", record_cases, 2)
     desc, _ = read_hw(folder)
     assert result.rtl_layer_cycles == [expected_layer_cycles(desc)] * len(images)
     assert result.rtl_cycles == [analytic_cycles(plan)["total"]] * len(images)
@@ -171,11 +178,7 @@ def test_image_memory_in_ice40_spram_tiles(simulator, build_root, tmp_path, reco
     _, verilog = read_hw(folder)
     assert verilog.read_text().count("SB_SPRAM256KA ") == cols * -(-simd // 16)
     images = edge_and_random_images(net, 6, seed=7)
-    result = simulate_network(folder, net, images, simulator=simulator, run_dir=tmp_path / "run",
-                              build_root=build_root, seed=3, in_stall=0.3, out_stall=0.3)
-    record_cases(result.cases, result.mismatch_count)
-    assert result.mismatch_count == 0, result.mismatches[:5]
-    assert result.images == result.matches == len(images)
+    result = simulate_bit_exact(folder, net, images, simulator, build_root, tmp_path / "run", record_cases, 3)
     assert result.rtl_cycles == [analytic_cycles(plan)["total"]] * len(images)
 
 
@@ -193,9 +196,5 @@ def test_verilog_elaborated_for_a_board(simulator, build_root, tmp_path, record_
     assert ("  SB_SPRAM256KA " in text) == (board == "icebreaker")
     assert desc["cycles"] == analytic_cycles(plan_network(net, 2, 2, 16))
     images = edge_and_random_images(net, 5, seed=8)
-    result = simulate_network(folder, net, images, simulator=simulator, run_dir=tmp_path / "run",
-                              build_root=build_root, seed=4, in_stall=0.3, out_stall=0.3)
-    record_cases(result.cases, result.mismatch_count)
-    assert result.mismatch_count == 0, result.mismatches[:5]
-    assert result.images == result.matches == len(images)
+    result = simulate_bit_exact(folder, net, images, simulator, build_root, tmp_path / "run", record_cases, 4)
     assert result.rtl_cycles == [desc["cycles"]["total"]] * len(images)
