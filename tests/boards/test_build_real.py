@@ -21,6 +21,12 @@ def test_icebreaker_bitstream_with_utilisation_and_fmax(tmp_path):
     lc = report["utilisation"]["logic_cells"]
     assert lc["cell"] == "ICESTORM_LC" and lc["available"] == 5280 and 500 < lc["used"] <= 5280
     assert report["utilisation"]["bram"]["used"] >= 1
+    # the im2col image memory in SPRAM, a tile per column, as the fit estimate said
+    assert report["utilisation"]["spram"]["used"] == report["fit_estimate"]["spram_blocks"] == 2
+    conv = report["binary_conv_layers"]
+    assert conv["layers"] == 1 and 0 < conv["lane_utilisation"] <= 1
+    assert conv["binary_ops_per_logic_cell_per_cycle"] == pytest.approx(
+        conv["binary_ops"] / conv["cycles"] / lc["used"], abs=1e-4)
     assert 0 < report["utilisation"]["flip_flops"]["used"] <= lc["used"]
     fmax = report["fmax_mhz"]["clk"]  # the oscillator pin's net clocks the design
     assert 5 < fmax < 300 and report["target_mhz"]["clk"] == pytest.approx(12, rel=1e-3)
