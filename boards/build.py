@@ -57,16 +57,18 @@ def toolchain_overrides(board: Board, *, seed: int = 1) -> dict[str, str]:
     return overrides
 
 
+def _layer_binary_ops(layer) -> int:
+    """2 (XNOR and add) per bit of each of the layer's binary dot products, every op."""
+    return 2 * layer.fan_in * layer.out_shape.size * len(layer.ops)
+
+
 def binary_ops_per_image(net) -> int:
     """Binary operations per image: 2 (XNOR and add) per bit of every binary dot product.
 
     Counts every op of every compute layer, the first layer's bit-serial pixel planes
     included, as the array runs them.
     """
-    total = 0
-    for layer in net.compute_layers:
-        total += 2 * layer.fan_in * layer.out_shape.size * len(layer.ops)
-    return total
+    return sum(_layer_binary_ops(layer) for layer in net.compute_layers)
 
 
 def binary_conv_layers(net, layer_cycles: dict[str, int]) -> dict[str, int] | None:
@@ -78,7 +80,7 @@ def binary_conv_layers(net, layer_cycles: dict[str, int]) -> dict[str, int] | No
     if not layers:
         return None
     return {"layers": len(layers),
-            "binary_ops": sum(2 * layer.fan_in * layer.out_shape.size * len(layer.ops) for layer in layers),
+            "binary_ops": sum(_layer_binary_ops(layer) for layer in layers),
             "cycles": sum(int(layer_cycles[layer.name]) for layer in layers)}
 
 

