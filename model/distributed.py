@@ -21,6 +21,7 @@ keeps the replicas identical. Two helpers here serve that:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
     "resolve_device",
     "init_distributed",
     "shutdown_distributed",
+    "float32_math",
     "SyncedBatchNorm1d",
     "SyncedBatchNorm2d",
     "synchronize_batch_norm",
@@ -139,6 +141,30 @@ def init_distributed(device: str = "auto", *, timeout_s: float = 1800.0) -> Dist
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))  # fmt: skip
     return DistributedContext(rank, world_size, local_rank, target, backend)
+
+
+@contextlib.contextmanager
+def float32_math(device: torch.device | str, allow_tf32: bool = False):
+    """Float32 convolutions and matrix products in IEEE float32 on CUDA, for the block.
+
+    On Ampere and newer GPUs cuDNN may round float32 convolution inputs to TF32 (a
+    10-bit mantissa; torch's default for convolutions). A binary network's activations
+    are signs of pre-activations, so that rounding flips some of them near zero: the
+    accuracy measured while training on a GPU then differs from the same weights on a
+    CPU, the float32 reference ``binforge compile`` and ``binforge golden`` compare with.
+    Inside the block both cuDNN and cuBLAS are held to float32 (or allowed TF32 with
+    ``allow_tf32``); the previous settings come back on exit. Elsewhere nothing changes.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.allow_tf32 = matmul.allow_tf32 = bool(allow_tf32)
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def shutdown_distributed(context: DistributedContext) -> None:

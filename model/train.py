@@ -75,6 +75,7 @@ from binforge.model.distributed import (
     all_reduce_sum,
     assert_replicas_equal,
     broadcast_buffers,
+    float32_math,
     restore_batch_norm,
     synchronize_batch_norm,
 )
@@ -877,6 +878,7 @@ def train(
     amp: str | None = None,
     channels_last: bool = False,
     sync_batch_norm: bool = True,
+    tf32: bool = False,
 ) -> TrainResult:
     """Run (or resume) a training run into ``run_dir``.
 
@@ -906,10 +908,26 @@ def train(
     sync_batch_norm:
         With several processes, batch-norm statistics over the global batch (the
         one-process result); False: each rank normalises with its own share.
+    tf32:
+        On CUDA, let float32 convolutions and matrix products use TF32. Off by default:
+        the run then measures its accuracy with the float32 arithmetic of the CPU
+        reference (:func:`binforge.model.distributed.float32_math`).
     """
+    context = distributed or DistributedContext()
+    with float32_math(context.device, allow_tf32=tf32):
+        return _train(config, run_dir, resume=resume, stop_after_epochs=stop_after_epochs,
+                      progress=progress, distributed=context, amp=amp,
+                      channels_last=channels_last, sync_batch_norm=sync_batch_norm, tf32=tf32)
+
+
+def _train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool,
+           stop_after_epochs: int | None, progress: bool | None,
+           distributed: DistributedContext, amp: str | None, channels_last: bool,
+           sync_batch_norm: bool, tf32: bool) -> TrainResult:
+    """:func:`train` under its float32 settings."""
     from tqdm import tqdm
 
-    runtime = _Runtime(distributed or DistributedContext(), amp=amp, channels_last=channels_last,
+    runtime = _Runtime(distributed, amp=amp, channels_last=channels_last,
                        sync_batch_norm=sync_batch_norm)  # fmt: skip
     if amp is not None:
         if amp not in AMP_MODES:
@@ -1093,6 +1111,7 @@ def train(
     if runtime.dist.distributed or runtime.device.type != "cpu":
         metrics["runtime"] = {"world_size": runtime.dist.world_size, "device": runtime.device.type,
                               "backend": runtime.dist.backend, "amp": amp,
+                              "tf32": tf32 and runtime.device.type == "cuda",
                               "channels_last": channels_last,
                               "sync_batch_norm": sync_batch_norm}  # fmt: skip
     if main:

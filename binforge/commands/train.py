@@ -103,6 +103,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "(default: %(default)s)")  # fmt: skip
     p.add_argument("--amp", choices=AMP_MODES, default=None,
                    help="mixed-precision autocast on CUDA (fp16 with a gradient scaler)")
+    p.add_argument("--tf32", action="store_true",
+                   help="on CUDA, float32 convolutions and matrix products in TF32 (faster; the "
+                   "accuracy measured in training then drifts from the CPU float32 reference)")
     p.add_argument("--channels-last", action="store_true",
                    help="channels-last memory format for model and input (GPU convolutions)")
     p.add_argument("--no-sync-bn", action="store_true",
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     context = init_distributed(args.device)
     try:
         result = train(config, args.out, resume=args.resume, distributed=context, amp=args.amp,
-                       channels_last=args.channels_last, sync_batch_norm=not args.no_sync_bn)  # fmt: skip
+                       channels_last=args.channels_last, sync_batch_norm=not args.no_sync_bn, tf32=args.tf32)  # fmt: skip
     finally:
         shutdown_distributed(context)
     if not context.is_main:

@@ -19,6 +19,7 @@ from binforge.model.distributed import (
     DistributedContext,
     SyncedBatchNorm2d,
     assert_replicas_equal,
+    float32_math,
     launched_by_torchrun,
     resolve_device,
     restore_batch_norm,
@@ -176,7 +177,7 @@ def test_torchrun_runs_the_cli_with_two_gloo_processes(tmp_path):
     assert report["command"] == "train"
     assert (out / "model.pt").is_file() and (out / "checkpoint.pt").is_file()
     runtime = json.loads((out / "metrics.json").read_text())["runtime"]
-    assert runtime == {"world_size": 2, "device": "cpu", "backend": "gloo", "amp": None,
+    assert runtime == {"world_size": 2, "device": "cpu", "backend": "gloo", "amp": None, "tf32": False,
                        "channels_last": False, "sync_batch_norm": False}  # fmt: skip
 
 
@@ -202,6 +203,44 @@ def test_device_and_amp_choices(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert launched_by_torchrun()
+
+
+def test_float32_math_holds_cuda_to_float32_and_restores_the_settings():
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
+        with float32_math("cuda"):
+            assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+        cudnn.allow_tf32 = matmul.allow_tf32 = False
+        with float32_math(torch.device("cuda", 0), allow_tf32=True):
+            assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
+        cudnn.allow_tf32 = True
+        with pytest.raises(RuntimeError, match="inside"), float32_math("cuda"):
+            raise RuntimeError("inside")
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, False)
+        with float32_math("cpu"):  # the CPU has no TF32: nothing changes
+            assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, False)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def test_train_runs_under_float32_math_for_its_device(tmp_path, monkeypatch):
+    import binforge.model.train as train_module
+
+    calls = []
+    real = train_module.float32_math
+
+    def spy(device, allow_tf32=False):
+        calls.append((torch.device(device).type, allow_tf32))
+        return real(device, allow_tf32)
+
+    monkeypatch.setattr(train_module, "float32_math", spy)
+    train(replace(TINY, method="bop", epochs=1), tmp_path / "a", tf32=True)
+    train(replace(TINY, method="bop", epochs=1), tmp_path / "b")
+    assert calls == [("cpu", True), ("cpu", False)]
 
 
 def test_synced_batch_norm_is_plain_batch_norm_without_a_group():
