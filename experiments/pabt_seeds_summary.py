@@ -59,7 +59,7 @@ def _metrics(run: Path) -> dict:
 
 def summarise(run: Path, out: Path, data: str) -> dict:
     metrics = _metrics(run)
-    row = {"run": str(run), "seed": metrics["seed"], "device": metrics["runtime"]["device"],
+    row = {"run": str(run), "seed": metrics["seed"], "device": metrics.get("runtime", {}).get("device", "cpu"),
            "train_top1": metrics["final_top1"], "wall_time_s": metrics["wall_time_s"],
            "bit_ops": metrics["bit_ops"], "golden": {}}
     for first, last in BITS:
