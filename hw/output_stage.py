@@ -143,10 +143,12 @@ class OutputStage(wiring.Component):
         bit_addr = Signal(aw)  # plane_base + col * pos_stride
         start_lane = Signal(log_s + 1)
         m.d.comb += start_lane.eq(bit_addr[:log_s] if log_s else 0)
-        # affine index pieces: logit index = channel * hw_out + position
-        idx_cg = Signal(32)
-        idx_row = Signal(32)
-        pos_aff = Signal(32)
+        # affine index pieces: logit index = channel * hw_out + position, each kept modulo
+        # 2**logit_aw (the logits memory's address width): every index written is below
+        # its depth, so the sums of the pieces are exact where they are used.
+        idx_cg = Signal(self._logit_aw)
+        idx_row = Signal(self._logit_aw)
+        pos_aff = Signal(self._logit_aw)
 
         col_done = Signal()
         m.d.comb += col_done.eq(col == last_cols)
@@ -224,7 +226,7 @@ class OutputStage(wiring.Component):
         d1_addr = Signal(len(self.act_addr))
         d1_offset = Signal(signed(log_s + 3 + max(most_words * s, rows).bit_length()))
         d1_fill = Signal()
-        d1_idx = Signal(32)
+        d1_idx = Signal(self._logit_aw)
         d1_last = Signal()
         d1_rows_valid = Signal.like(rows_valid)
         # Lanes past the last channel are cleared: in the padded layout the rest of the last

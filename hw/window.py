@@ -123,7 +123,7 @@ class WindowGenerator(wiring.Component):
         op_addr = Signal(len(op_rd.addr))
         op_addr_next = Signal.like(op_addr)
         op_start = Signal(init=1)  # the beat is its op's first
-        guard = Signal(16)
+        guard = Signal(max(len(d.guard_full), len(d.guard_last)))  # as wide as its descriptor fields
         running = Signal()
         m.d.comb += op_rd.addr.eq(op_addr_next)
         m.d.sync += op_addr.eq(op_addr_next)
