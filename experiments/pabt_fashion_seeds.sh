@@ -5,52 +5,71 @@
 #
 # usage: experiments/pabt_fashion_seeds.sh TEACHER OUT DEVICE SECONDS SEED...
 #   TEACHER  the float twin (a `binforge train --method float` run folder): the
-#            initialisation and the distillation teacher
-#   OUT      runs go to OUT/pabt_kd20s<SEED>, their logs to OUT/pabt_kd20s<SEED>.log
+#            initialisation and the distillation teacher; trained first (5 epochs,
+#            seed 0, on DEVICE) when the folder holds no model.pt
+#   OUT      runs go to OUT/pabt_kd<EPOCHS>s<SEED>, their logs to OUT/pabt_kd<EPOCHS>s<SEED>.log
 #   DEVICE   cpu, cuda or auto (binforge train --device)
 #   SECONDS  wall-clock limit per run; a run stopped by it keeps its last
-#            per-epoch checkpoint: continue it with the same command plus --resume
+#            per-epoch checkpoint: the same command continues it (--resume)
 #   SEED...  one run per seed
 #
-# Environment: BINFORGE (default: binforge) is the command that runs binforge;
+# Environment: BINFORGE (default: binforge) the command that runs binforge;
 # FASHION_MNIST (default: Debian's /usr/share/datasets/fashion-mnist) the IDX files;
-# THREADS the CPU threads per run (default: cores / seeds).
+# THREADS the CPU threads per run (default: cores / seeds); WIDTH (0.5), EPOCHS (20),
+# ARCH (vgg-small), DATA (fashion-mnist=$FASHION_MNIST), EXTRA (more train options,
+# e.g. "--limit-train 1024") change the recipe.
 set -u
 if [ $# -lt 5 ]; then
-    sed -n 6,17p "$0" >&2
+    sed -n 6,21p "$0" >&2
     exit 2
 fi
 teacher=$1 out=$2 device=$3 seconds=$4
 shift 4
 binforge=${BINFORGE:-binforge}
-data=${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
+data=${DATA:-fashion-mnist=${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}}
 threads=${THREADS:-$(( $(nproc) / $# ))}
 [ "$threads" -ge 1 ] || threads=1
+width=${WIDTH:-0.5} epochs=${EPOCHS:-20} arch=${ARCH:-vgg-small}
+read -r -a extra <<<"${EXTRA:-}"
+common=(--data "$data" --arch "$arch" --width "$width" --batch-size 64 --lr 1e-3
+        --device "$device" "${extra[@]}")
 mkdir -p "$out"
+if [ ! -f "$teacher/model.pt" ]; then
+    echo "training the float twin into $teacher"
+    resume=()
+    [ -f "$teacher/checkpoint.pt" ] && resume=(--resume)
+    OMP_NUM_THREADS=$(nproc) PYTHONUNBUFFERED=1 timeout "$seconds" $binforge train \
+        "${common[@]}" --method float --epochs 5 --seed 0 "${resume[@]}" --out "$teacher" \
+        >>"$teacher.log" 2>&1
+    if [ ! -f "$teacher/model.pt" ]; then
+        echo "the float twin did not finish (log: $teacher.log); run the same command again" >&2
+        tail -n 3 "$teacher.log" >&2
+        exit 1
+    fi
+fi
 pids=()
 for seed in "$@"; do
-    run=$out/pabt_kd20s$seed
+    run=$out/pabt_kd${epochs}s$seed
     resume=()
     [ -f "$run/checkpoint.pt" ] && resume=(--resume)
     OMP_NUM_THREADS=$threads PYTHONUNBUFFERED=1 timeout "$seconds" $binforge train \
-        --data "fashion-mnist=$data" --arch vgg-small --width 0.5 --method pabt \
-        --M 3 --N 3 --init "$teacher" --epochs 20 --batch-size 64 --lr 1e-3 --seed "$seed" \
-        --t-start 5% --t-end 20% --distill "$teacher" --distill-weight 1 \
-        --distill-temperature 1 --device "$device" "${resume[@]}" --out "$run" \
+        "${common[@]}" --method pabt --M 3 --N 3 --init "$teacher" --epochs "$epochs" \
+        --seed "$seed" --t-start 5% --t-end 20% --distill "$teacher" --distill-weight 1 \
+        --distill-temperature 1 "${resume[@]}" --out "$run" \
         2>&1 | while IFS= read -r line; do printf '%(%H:%M:%S)T %s\n' -1 "$line"; done \
         >>"$run.log" &
     pids+=($!)
 done
-status=0
 for pid in "${pids[@]}"; do
-    wait "$pid" || status=1
+    wait "$pid"
 done
+status=0
 for seed in "$@"; do
-    run=$out/pabt_kd20s$seed
+    run=$out/pabt_kd${epochs}s$seed
     if [ -f "$run/report.json" ]; then
-        echo "seed $seed: finished"
+        echo "seed $seed: finished ($run)"
     else
-        echo "seed $seed: not finished; continue with the same command (it resumes)"
+        echo "seed $seed: not finished; run the same command again to continue it"
         status=1
     fi
     tail -n 3 "$run.log"

@@ -2,6 +2,7 @@
 several-seeds launcher's usage."""
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -61,6 +62,46 @@ def test_seeds_summary_refuses_a_folder_that_is_not_a_finished_run(tmp_path):
                           capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert done.returncode != 0 and "has no metrics.json" in done.stderr
     assert not (tmp_path / "o" / "table.md").exists()
+
+
+def _launch(tmp_path, *seeds, seconds=300):
+    env = {**os.environ, "BINFORGE": f"{sys.executable} -m binforge", "DATA": "digits",
+           "ARCH": "mlp", "WIDTH": "0.125", "EPOCHS": "3", "THREADS": "1",
+           "EXTRA": "--limit-train 512 --limit-test 120"}  # fmt: skip
+    return subprocess.run(["bash", str(ROOT / "experiments" / "pabt_fashion_seeds.sh"),
+                           str(tmp_path / "float"), str(tmp_path), "cpu", str(seconds),
+                           *map(str, seeds)], capture_output=True, text=True, env=env)  # fmt: skip
+
+
+def test_seeds_launcher_trains_the_teacher_once_then_every_seed_and_continues_unfinished_ones(tmp_path):
+    done = _launch(tmp_path, 0, 1)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "training the float twin" in done.stdout
+    assert done.stdout.count(": finished") == 2
+    finals = {}
+    for seed in (0, 1):
+        metrics = json.loads((tmp_path / f"pabt_kd3s{seed}" / "metrics.json").read_text())
+        assert metrics["seed"] == seed and metrics["method"] == "pabt" and metrics["epochs"] == 3
+        assert metrics["distill"]  # distilled from the float twin
+        assert metrics["layers"] and all(layer["weight_bits"] == layer["act_bits"] == 1
+                                         for layer in metrics["layers"])
+        finals[seed] = metrics["final_top1"]
+    # an unfinished run (its checkpoint, no final outputs) is continued; the teacher is reused
+    for name in ("report.json", "model.pt", "metrics.json"):
+        (tmp_path / "pabt_kd3s1" / name).unlink()
+    again = _launch(tmp_path, 1)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "training the float twin" not in again.stdout and "seed 1: finished" in again.stdout
+    metrics = json.loads((tmp_path / "pabt_kd3s1" / "metrics.json").read_text())
+    assert metrics["final_top1"] == finals[1]
+    assert (tmp_path / "float.log").read_text().count("float epoch 5/5") == 1
+
+
+def test_seeds_launcher_says_which_runs_did_not_finish(tmp_path):
+    (tmp_path / "float").mkdir()
+    (tmp_path / "float" / "model.pt").write_bytes(b"not a model")
+    done = _launch(tmp_path, 4)
+    assert done.returncode == 1 and "seed 4: not finished" in done.stdout
 
 
 def test_seeds_launcher_prints_its_usage_without_arguments():
