@@ -87,6 +87,7 @@ def describe(plan, cycles: dict, port_list: list[dict] | None = None, device: st
         "device": device,
         "pe_width": plan.pe_width,
         "hold_results": plan.hold_results,
+        "direct_results": plan.direct_results,
         "gain_format": plan.gain_format.kind,
         "gains": list(plan.gain_format.gains),
         "array_latency": plan.array_latency,

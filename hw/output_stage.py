@@ -45,8 +45,9 @@ class OutputStage(wiring.Component):
     layer_start : In(1)
         Pulse: a new layer begins; group counters and the argmax restart.
     results : In(rows * cols * pe_width)
-        The array's results: stable for the drain of a group, or, with
-        ``plan.hold_results``, in the cycle of ``group_done`` only (the stage keeps a copy).
+        The array's results: stable for the drain of a group (and one cycle more with
+        ``plan.direct_results``, read without a copy), or, with ``plan.hold_results``, in
+        the cycle of ``group_done`` only (the stage keeps a copy).
     group_done : In(1)
         Pulse: the array's results of the next group are ready.
     act_addr, act_data, act_en : Out
@@ -239,11 +240,16 @@ class OutputStage(wiring.Component):
                      d1_offset.eq(start_lane - word * s), d1_fill.eq(fill),
                      d1_idx.eq(idx_row + pos_aff + col), d1_last.eq(finishing & cg_last & pg_last),
                      d1_rows_valid.eq(rows_valid)]
-        with m.Switch(col):
-            for c in range(cols):
-                with m.Case(c):
-                    m.d.sync += d1_results.eq(Cat(
-                        results[(r * cols + c) * pw:(r * cols + c + 1) * pw] for r in range(rows)))
+        if plan.direct_results:
+            # One column, read a cycle late: the PEs hold their results long enough
+            # (the plan's guards allow for it), so no copy of them.
+            m.d.comb += d1_results.eq(results)
+        else:
+            with m.Switch(col):
+                for c in range(cols):
+                    with m.Case(c):
+                        m.d.sync += d1_results.eq(Cat(
+                            results[(r * cols + c) * pw:(r * cols + c + 1) * pw] for r in range(rows)))
 
         const_layout = data.StructLayout({"value": signed(cvw), "flip": 1, "valid": 1})
         entries = [data.View(const_layout, const_rd.data[r * (cvw + 2):(r + 1) * (cvw + 2)])

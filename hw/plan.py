@@ -216,6 +216,10 @@ class NetworkPlan:
     #: guard needs ``max(drain, max_skew) + 1`` beats, not ``drain + max_skew + 1``. Set
     #: where that shortens some layer's guard (it costs R x C x pe_width flip-flops).
     hold_results: bool = False
+    #: One column, no hold: the output stage compares the PEs' results themselves, a
+    #: cycle after reading their position, instead of a registered copy (R x pe_width
+    #: flip-flops fewer). Set only where no layer's guard grows for it.
+    direct_results: bool = False
 
     @property
     def image_depth(self) -> int:
@@ -429,7 +433,7 @@ def partial_word_writes(rows: int, simd: int, out_c: int, positions: int, pos_st
     return False
 
 
-def _guard(drain: int, beats: int, max_skew: int, hold_results: bool) -> int:
+def _guard(drain: int, beats: int, max_skew: int, hold_results: bool, late: int = 0) -> int:
     """Cycles the window generator waits after a group before the next group's first beat.
 
     The next group's ``last`` beat must come ``n >= need`` cycles after this group's. The
@@ -438,9 +442,11 @@ def _guard(drain: int, beats: int, max_skew: int, hold_results: bool) -> int:
     cycle after ``done``) needs ``n >= drain + max_skew + 1``. With the output stage's
     result hold (``hold_results``) the drain reads a copy taken at ``done``: the copy
     needs ``n >= max_skew + 1`` and the drain, over before the next ``done``,
-    ``n >= drain + 1``.
+    ``n >= drain + 1``. ``late``: the drain uses a PE's result that many cycles after
+    reading its position (the output stage without its copy of the column's results:
+    ``NetworkPlan.direct_results``), so the results must hold that much longer.
     """
-    need = (max(drain, max_skew) if hold_results else drain + max_skew) + 1
+    need = (max(drain, max_skew) if hold_results else drain + max_skew + late) + 1
     return max(0, need - beats)
 
 
@@ -617,6 +623,12 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
         layers = [dataclasses.replace(p, guard_full=_guard(p.drain_full, p.beats, max_skew, False),
                                       guard_last=_guard(p.drain_last, p.beats, max_skew, False))
                   if p.kind == "compute" else p for p in layers]
+    # With one column and no hold, the output stage's copy of the column's results only
+    # delays them a cycle (to meet the constants ROM's read); it reads the PEs directly
+    # instead where their results hold a cycle longer at no cost: no layer's guard grows.
+    direct_results = cols == 1 and not hold_results and all(
+        _guard(d, p.beats, max_skew, False, late=1) == _guard(d, p.beats, max_skew, False)
+        for p in layers if p.kind == "compute" for d in (p.drain_full, p.drain_last))
     last = layers[-1]
     if last.layer.acc_width > OUT_DATA_WIDTH:
         raise ValueError(f"the last layer's accumulators are {last.layer.acc_width} bits wide, "
@@ -666,6 +678,7 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
         input_layout=layouts[0],
         image_init=tuple(im2col_init(layouts[0])) if layouts[0].im2col else (),
         affine_shift=layers[-1].e_last, hold_results=hold_results,
+        direct_results=direct_results,
     )
 
 

@@ -187,3 +187,17 @@ def test_single_port_image_memory_has_no_banks(rejects):
     rejects(ValueError, "image_banks=16 splits a block-RAM image memory; a single-port one "
             "(image_memory='spram') has no banks", Accelerator, strided_first_network(13, 0), 2, 2, 8,
             image_banks=16, image_memory="spram")
+
+
+def test_one_column_reads_the_pes_directly_only_where_their_results_hold_a_cycle_longer():
+    # 3 x 1 x 4: the second conv's 4-beat groups drain 3 reads, so its guard is binding:
+    # reading the PEs a cycle late would take the next group's sums; the copy stays.
+    net = small_network(3)
+    assert not plan_network(net, 3, 1, 4).direct_results
+    assert plan_network(net, 3, 1, 4).hold_results is False
+    check(net, 3, 1, 4)
+    # 3 x 1 x 2: twice the beats, every guard has a cycle to spare: no copy, the same
+    # results and cycles.
+    assert plan_network(net, 3, 1, 2).direct_results
+    assert not plan_network(net, 3, 2, 2).direct_results  # two columns: the copy selects one
+    check(net, 3, 1, 2, stall_seed=3)
