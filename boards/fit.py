@@ -65,7 +65,9 @@ BRAM_WRITE_ENABLES: dict[str, dict[int, int]] = {
 #: cell of their own); ``per_hold_bit``: the output stage's copy of the array's results
 #: (``plan.hold_results``, R x C x pe_width enabled flip-flops): a cell each on iCE40,
 #: none on the LUT count elsewhere (the flip-flops pack beside the LUTs; the drain
-#: multiplexer is there either way).
+#: multiplexer is there either way). The fits were made with the drain's registered
+#: copy of a column (R x pe_width flip-flops, in ``per_row``); a plan that reads the PEs
+#: directly (``plan.direct_results``) has not got it: ``per_hold_bit`` less per bit.
 #:
 #: ECP5 was refitted to three synthesised designs after the area changes of
 #: docs/RESULTS.md, "Where the LUTs of a whole accelerator go" (the distilled PaBT
@@ -117,6 +119,8 @@ def estimate_logic(plan, family: str) -> float:
     if plan.image_depth:
         luts += model["im2col"] + model["im2col_per_simd_bit"] * plan.simd
     hold = pes * plan.pe_width * model["per_hold_bit"] if plan.hold_results else 0.0
+    if plan.direct_results:
+        hold -= plan.rows * plan.pe_width * model["per_hold_bit"]
     return luts * model["cell_factor"] + hold
 
 

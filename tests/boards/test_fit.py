@@ -97,3 +97,16 @@ def test_image_memory_in_spram_where_the_up5k_has_the_tiles(net, rows, cols, sim
     assert up5k.spram == spram
     assert up5k.blocks == (0 if spram else cols * bram_blocks("ice40", simd, plan.image_depth))
     assert (hx8k.spram, hx8k.blocks) == (0, cols * bram_blocks("ice40", simd, plan.image_depth))
+
+
+def test_reading_the_pes_directly_saves_the_column_copy_on_ice40_only(net):
+    import dataclasses
+
+    from binforge.boards.fit import estimate_logic
+
+    plan = plan_network(net, 4, 1, 16)
+    assert plan.direct_results
+    with_copy = dataclasses.replace(plan, direct_results=False)
+    bits = plan.rows * plan.pe_width
+    assert estimate_logic(plan, "ice40") == pytest.approx(estimate_logic(with_copy, "ice40") - bits)
+    assert estimate_logic(plan, "ecp5") == pytest.approx(estimate_logic(with_copy, "ecp5"))
