@@ -105,21 +105,24 @@ def board_pll(board: Board, requested_hz: float):
 
 
 def prepare_board_build(net, rows: int, cols: int, simd: int, board: Board, *,
-                        clock_hz: float | None = None, baud: int = DEFAULT_BAUD, pll=None):
+                        clock_hz: float | None = None, baud: int = DEFAULT_BAUD, pll=None,
+                        relay: int | None = None, gain_mode: str | None = None):
     """Plan, fit-check and elaborate-ready objects for one board build.
 
     ``clock_hz`` is the oscillator's timing constraint (default: its frequency); with
     ``pll`` (:func:`board_pll`) the design runs at the PLL's achieved frequency, which
     then sets the UART divisor. Returns ``(platform, top, plan, estimate)``. Raises
     :class:`BinforgeError` when the design does not fit the device or the baud rate
-    does not suit the design's clock.
+    does not suit the design's clock. ``relay`` and ``gain_mode``: as ``binforge hw``
+    took them (None: its defaults).
     """
-    from binforge.hw.plan import plan_network
+    from binforge.hw.plan import DEFAULT_GAIN_MODE, DEFAULT_RELAY, plan_network
 
     from .core import BoardCore
 
     try:
-        plan = plan_network(net, rows, cols, simd)
+        plan = plan_network(net, rows, cols, simd, DEFAULT_RELAY if relay is None else relay,
+                            DEFAULT_GAIN_MODE if gain_mode is None else gain_mode)
     except ValueError as exc:
         raise BinforgeError(f"the network cannot be mapped onto a {rows}x{cols}x{simd} array: {exc}") from None
     estimate = estimate_fit(plan, board)
@@ -140,7 +143,8 @@ def prepare_board_build(net, rows: int, cols: int, simd: int, board: Board, *,
 
 def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: str | Path, *,
                     clock_mhz: float | None = None, baud: int = DEFAULT_BAUD, do_build: bool = True,
-                    seed: int = 1, progress: bool = True, source: dict[str, Any] | None = None) -> dict[str, Any]:
+                    seed: int = 1, progress: bool = True, source: dict[str, Any] | None = None,
+                    relay: int | None = None, gain_mode: str | None = None) -> dict[str, Any]:
     """Build ``net`` on an R x C x S array for ``board_name`` into the folder ``out``.
 
     Without ``clock_mhz`` the design runs at the board's oscillator; with it, from the
@@ -148,7 +152,8 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
     (:func:`board_pll`; refused for the Verilog-only boards and for requests out of
     the PLL's range). With ``do_build=False`` only the files of the build (RTLIL,
     constraints, scripts) are written, no tool runs. Returns the report (also written
-    as ``out/report.json``).
+    as ``out/report.json``). ``relay`` and ``gain_mode`` as ``binforge hw`` took them
+    (None: its defaults), so that the board gets the accelerator hw.json describes.
     """
     from binforge.hw.plan import analytic_cycles
 
@@ -157,7 +162,8 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
         raise BinforgeError(f"--clock-mhz must be positive, not {clock_mhz:g}")
     pll = board_pll(board, clock_mhz * 1e6) if clock_mhz is not None else None
     sync_hz = float(pll.output_hz) if pll is not None else board.clock_hz
-    platform, top, plan, estimate = prepare_board_build(net, rows, cols, simd, board, baud=baud, pll=pll)
+    platform, top, plan, estimate = prepare_board_build(net, rows, cols, simd, board, baud=baud, pll=pll,
+                                                        relay=relay, gain_mode=gain_mode)
     use_yowasp_tools()
     build_plan = platform.build(top, name=DESIGN_NAME, do_build=False, **toolchain_overrides(board, seed=seed))
     model = analytic_cycles(plan)
@@ -168,6 +174,7 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
     report: dict[str, Any] = {
         "board": board.name, "board_title": board.title, "device": board.device, "flow": board.flow,
         "network": net.name, "rows": rows, "cols": cols, "simd": simd, "lanes": estimate.lanes,
+        "relay": plan.relay, "gain_mode": plan.gain_mode,
         "source": source or {},
         "clock": _clock_report(board, pll, clock_mhz),
         "uart": {"baud": baud, "divisor": uart_divisor(sync_hz, baud), "serial": board.serial},

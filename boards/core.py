@@ -58,7 +58,8 @@ class BoardCore(wiring.Component):
             raise ValueError(f"a UART byte every {10 * divisor} cycles (divisor {divisor}) comes faster than "
                              f"the accelerator loads a pixel ({need} cycles); use a lower baud rate")
         self._plan = plan
-        self.accelerator = Accelerator(net, plan.rows, plan.cols, plan.simd, relay=plan.relay)
+        self.accelerator = Accelerator(net, plan.rows, plan.cols, plan.simd, relay=plan.relay,
+                                       gain_mode=plan.gain_mode)
         self.receiver = UARTReceiver(divisor)
         self.transmitter = UARTTransmitter(divisor)
         last = net.compute_layers[-1]

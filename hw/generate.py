@@ -86,6 +86,7 @@ def describe(plan, cycles: dict, port_list: list[dict] | None = None, device: st
         "lanes": plan.rows * plan.cols * plan.simd,
         "device": device,
         "pe_width": plan.pe_width,
+        "gain_mode": plan.gain_mode,
         "hold_results": plan.hold_results,
         "direct_results": plan.direct_results,
         "gain_format": plan.gain_format.kind,

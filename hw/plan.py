@@ -216,6 +216,9 @@ class NetworkPlan:
     #: guard needs ``max(drain, max_skew) + 1`` beats, not ``drain + max_skew + 1``. Set
     #: where that shortens some layer's guard (it costs R x C x pe_width flip-flops).
     hold_results: bool = False
+    #: How the gains were planned (``plan_network``'s ``gain_mode``): rebuilding the
+    #: accelerator from the plan (a board build) needs it.
+    gain_mode: str = DEFAULT_GAIN_MODE
     #: One column, no hold: the output stage compares the PEs' results themselves, a
     #: cycle after reading their position, instead of a registered copy (R x pe_width
     #: flip-flops fewer). Set only where no layer's guard grows for it.
@@ -678,7 +681,7 @@ def plan_network(net: Network, rows: int, cols: int, simd: int, relay: int = DEF
         input_layout=layouts[0],
         image_init=tuple(im2col_init(layouts[0])) if layouts[0].im2col else (),
         affine_shift=layers[-1].e_last, hold_results=hold_results,
-        direct_results=direct_results,
+        direct_results=direct_results, gain_mode=gain_mode,
     )
 
 

@@ -89,19 +89,34 @@ def load_hw_folder(hw_dir: str | Path, net_dir: str | Path | None = None):
     return net, int(desc["rows"]), int(desc["cols"]), int(desc["simd"]), desc
 
 
+def hw_options(desc: dict) -> tuple[int | None, str | None]:
+    """The relay and gain mode ``binforge hw`` generated with, from its hw.json (None:
+    its defaults). A hw.json from before ``gain_mode`` was recorded says it by its gain
+    format: ``multiply`` only comes from ``--gains multiply``."""
+    relay = desc.get("relay")
+    if relay is not None and (not isinstance(relay, int) or relay < 1):
+        raise BinforgeError(f"hw.json gives relay {relay!r}, not a positive integer; regenerate it with 'binforge hw'")
+    gain_mode = desc.get("gain_mode")
+    if gain_mode is None and desc.get("gain_format") == "multiply":
+        gain_mode = "multiply"
+    return relay, gain_mode
+
+
 def run(args: argparse.Namespace) -> int:
     from binforge.boards.build import build_for_board
     from binforge.boards.platforms import get_board
 
     board = get_board(args.board)
     out = Path(args.out) if args.out else Path(f"build-{board.name}")
-    net, rows, cols, simd, _ = load_hw_folder(args.hw, args.net)
+    net, rows, cols, simd, desc = load_hw_folder(args.hw, args.net)
+    relay, gain_mode = hw_options(desc)
     print(f"board      {board.title} ({board.device}), "
           f"{'open flow: Yosys + nextpnr (YoWASP)' if board.flow == 'open' else 'Verilog only'}")
     print(f"design     {net.name} on {rows} x {cols} x {simd} = {rows * cols * simd} lanes")
     report = build_for_board(net, rows, cols, simd, args.board, out, clock_mhz=args.clock_mhz,
                              baud=args.baud, seed=args.seed, do_build=not args.plan_only,
-                             source={"hw": str(args.hw), "net": str(args.net) if args.net else None})
+                             source={"hw": str(args.hw), "net": str(args.net) if args.net else None},
+                             relay=relay, gain_mode=gain_mode)
     clock = report["clock"]
     if clock["source"] == "pll":
         dividers = ", ".join(f"{k} {v}" for k, v in clock["pll"]["dividers"].items()

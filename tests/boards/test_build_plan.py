@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from amaranth.hdl import Fragment
 from binforge.boards.build import binary_ops_per_image, build_for_board, toolchain_overrides
 from binforge.boards.fit import bram_blocks, check_fit, estimate_fit
 from binforge.boards.platforms import BOARDS, get_board, make_platform
@@ -180,3 +181,40 @@ def test_too_large_network_memory_is_refused_with_the_numbers():
     # The same design fits the ECP5-85's 208 block RAMs.
     assert estimate_fit(plan_network(net, 2, 2, 8), get_board("ulx3s-85f")).bram_blocks <= 208
     assert np.isfinite(estimate.memory_bits)
+
+
+def test_build_uses_the_relay_and_gain_mode_hw_generated_with(net, tmp_path):
+    from binforge.compiler import ir
+
+    from binforge.cli import main
+    from binforge.commands.build import hw_options
+
+    ir.save(net, tmp_path / "net")
+    assert main(["hw", str(tmp_path / "net"), "--rows", "3", "--cols", "2", "--simd", "8",
+                 "--relay", "1", "--gains", "multiply", "--out", str(tmp_path / "hw")]) == 0
+    desc = json.loads((tmp_path / "hw" / "hw.json").read_text())
+    assert (desc["relay"], desc["gain_mode"]) == (1, "multiply")
+    assert main(["build", str(tmp_path / "hw"), "--board", "icebreaker", "--plan-only",
+                 "--out", str(tmp_path / "b")]) == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    plan = plan_network(net, 3, 2, 8, relay=1, gain_mode="multiply")
+    default = plan_network(net, 3, 2, 8)
+    assert (report["relay"], report["gain_mode"]) == (1, "multiply")
+    assert report["cycles_per_image"] == desc["cycles"]["total"] == analytic_cycles(plan)["total"]
+    assert analytic_cycles(plan)["total"] != analytic_cycles(default)["total"]  # so it can tell
+    assert report["fit_estimate"] == estimate_fit(plan, get_board("icebreaker")).to_json()
+    # the board's accelerator is that plan's, not the defaults'
+    from binforge.boards.build import prepare_board_build
+
+    platform, top, built, _ = prepare_board_build(net, 3, 2, 8, get_board("icebreaker"), relay=1,
+                                                  gain_mode="multiply")
+    Fragment.get(top, platform)  # elaborates (an unused elaboratable warns later)
+    accelerator = top.core.accelerator.plan
+    assert accelerator.gain_format == built.gain_format == plan.gain_format != default.gain_format
+    assert (accelerator.relay, accelerator.gain_mode) == (1, "multiply")
+    assert analytic_cycles(accelerator)["total"] == analytic_cycles(plan)["total"]
+    # a hw.json from before gain_mode was recorded: told by its gain format
+    assert hw_options({"gain_format": "multiply"}) == (None, "multiply")
+    assert hw_options({"relay": 2, "gain_format": "horner"}) == (2, None)
+    with pytest.raises(BinforgeError, match="relay 0"):
+        hw_options({"relay": 0})
