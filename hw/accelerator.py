@@ -6,7 +6,7 @@ gains, thresholds and biases are baked into the memories' initial contents.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from binforge.compiler.ir import INPUT_PLANES, Network
@@ -25,7 +25,7 @@ CYCLES_WIDTH = 32
 LOAD_CYCLES_PER_BIT = 3
 #: im2col window assembly: cycles from the image's last pixel read to the loader's end:
 #: the tap's coordinates, the pixel address, the read, the pixel (each registered), the
-#: copy into the write buffer, 8 plane writes.
+#: cycle after the word's last lane (``copy``), 8 plane writes.
 EXPAND_TAIL_CYCLES = 4 + 1 + 8
 
 def load_cycles_per_pixel(plan: NetworkPlan) -> int:
@@ -37,7 +37,7 @@ def load_cycles_per_pixel(plan: NetworkPlan) -> int:
 
 def _expand_gaps(plan: NetworkPlan) -> tuple[int, int]:
     """Idle cycles before a full window word's reads and before a position's last word's
-    (one of fewer than 8 lanes waits for the write buffer's 8 writes)."""
+    (one of fewer than 8 lanes waits for the previous word's 8 writes)."""
     layout, s = plan.input_layout, plan.simd
     info = layout.im2col
     n_words = layout.pos_stride // s
@@ -153,11 +153,12 @@ class Accelerator(wiring.Component):
         For each output position and each of its ``W`` window words, in storage order:
         read the word's (tap, channel) pixels one per cycle (``k*k*Ci`` lanes over the
         ``W`` words; a tap outside the image gives the pad bit), assemble the 8 plane
-        words (lanes above the window's last are 0), copy them into a write buffer and
-        write them from it, one per cycle, through the sequencer's load port (whole
-        words, no merge) while the next word's pixels are read. A word of fewer than 8
-        lanes waits ``8 - lanes`` cycles before its reads, so the buffer's 8 writes are
-        done before the next copy. ``start`` pulses in the cycle before the first read;
+        words (lanes above the window's last are written as 0) and write them, one per
+        cycle, through the sequencer's load port (whole words, no merge) while the next
+        word's pixels are read into the same plane words (the lanes they overwrite
+        before their plane is written are kept aside). A word of fewer than 8 lanes waits
+        ``8 - lanes`` cycles before its reads, so a word's 8 writes are done before the
+        next word's. ``start`` pulses in the cycle before the first read;
         ``done`` in the cycle of the last write request (:func:`load_cycles`).
         """
         layout, info, s = plan.input_layout, plan.input_layout.im2col, plan.simd
@@ -174,6 +175,7 @@ class Accelerator(wiring.Component):
         xo, yo = Signal(range(info.out_w)), Signal(range(info.out_h))
         row0, col0 = Signal(sw), Signal(sw)  # the window's top-left pixel: yo*st - pad, xo*st - pad
         word_in_pos = Signal(range(n_words))
+        last_lanes = k * k * ci - (n_words - 1) * s  # lanes of a position's last word
         last_tap = (ky == k - 1) & (kx == k - 1) & (ch == ci - 1)
         word_end = (lane == s - 1) | last_tap
         with m.If(start):
@@ -210,42 +212,55 @@ class Accelerator(wiring.Component):
                 m.d.sync += reading.eq(1)
         # Stage A: the tap's pixel coordinates; A2: its address and whether it lies inside
         # the image; B: the pixel memory's read; C: the pixel, pad bit chosen.
-        a_valid, a_first, a_last, a_lane = Signal(), Signal(), Signal(), Signal(range(s))
+        a_valid, a_last, a_lane = Signal(), Signal(), Signal(range(s))
         a_y, a_x, a_ch = Signal(sw), Signal(sw), Signal(range(ci))
-        m.d.sync += [a_valid.eq(reading), a_first.eq(lane == 0), a_last.eq(word_end), a_lane.eq(lane),
+        a_pos_end = Signal()  # the word is its position's last
+        m.d.sync += [a_valid.eq(reading), a_last.eq(word_end), a_lane.eq(lane),
+                     a_pos_end.eq(word_in_pos == n_words - 1),
                      a_y.eq(row0 + ky), a_x.eq(col0 + kx), a_ch.eq(ch)]
-        a2_valid, a2_first, a2_last, a2_lane, a2_inside = Signal(), Signal(), Signal(), Signal(range(s)), Signal()
+        a2_valid, a2_pos_end, a2_last, a2_lane, a2_inside = Signal(), Signal(), Signal(), Signal(range(s)), Signal()
         a2_addr = Signal.like(pix_rd.addr)
-        m.d.sync += [a2_valid.eq(a_valid), a2_first.eq(a_first), a2_last.eq(a_last), a2_lane.eq(a_lane),
+        m.d.sync += [a2_valid.eq(a_valid), a2_pos_end.eq(a_pos_end), a2_last.eq(a_last), a2_lane.eq(a_lane),
                      a2_inside.eq((a_y >= 0) & (a_y < h) & (a_x >= 0) & (a_x < w)),
                      a2_addr.eq(a_ch * (h * w) + a_y * w + a_x)]
         m.d.comb += pix_rd.addr.eq(a2_addr)
-        b_valid, b_first, b_last, b_lane, b_inside = Signal(), Signal(), Signal(), Signal(range(s)), Signal()
-        m.d.sync += [b_valid.eq(a2_valid), b_first.eq(a2_first), b_last.eq(a2_last), b_lane.eq(a2_lane),
+        b_valid, b_pos_end, b_last, b_lane, b_inside = Signal(), Signal(), Signal(), Signal(range(s)), Signal()
+        m.d.sync += [b_valid.eq(a2_valid), b_pos_end.eq(a2_pos_end), b_last.eq(a2_last), b_lane.eq(a2_lane),
                      b_inside.eq(a2_inside)]
-        c_valid, c_first, c_last, c_lane, c_byte = Signal(), Signal(), Signal(), Signal(range(s)), Signal(8)
-        m.d.sync += [c_valid.eq(b_valid), c_first.eq(b_first), c_last.eq(b_valid & b_last), c_lane.eq(b_lane),
-                     c_byte.eq(Mux(b_inside, pix_rd.data, 0xFF if info.pad_bit else 0))]
+        c_valid, c_pos_end, c_last, c_lane, c_byte = Signal(), Signal(), Signal(), Signal(range(s)), Signal(8)
+        m.d.sync += [c_valid.eq(b_valid), c_pos_end.eq(b_pos_end), c_last.eq(b_valid & b_last),
+                     c_lane.eq(b_lane), c_byte.eq(Mux(b_inside, pix_rd.data, 0xFF if info.pad_bit else 0))]
         words = [Signal(s, name=f"window_plane{p}") for p in range(INPUT_PLANES)]
         for p, plane_word in enumerate(words):
-            with m.If(c_valid & c_first):
-                m.d.sync += plane_word.eq(c_byte[p])  # lane 0; the lanes above it cleared
-            with m.Elif(c_valid):
+            with m.If(c_valid):
                 m.d.sync += plane_word.bit_select(c_lane, 1).eq(c_byte[p])
-        # The assembled word is copied into the write buffer in the cycle after its last
-        # lane (the next word's first lane may overwrite it at that cycle's end), then
-        # written plane by plane: plane p's word at p * plane_words + word, whole.
+        # A word is written plane by plane in the 8 cycles after the one after its last
+        # lane (``copy``): plane p's word at p * plane_words + word, whole, from the plane
+        # words themselves while the next word's lanes arrive. Lane i of the next word
+        # lands at the end of cycle ``copy + i`` at the earliest and plane p is read in
+        # cycle ``copy + 1 + p``, so lanes 0..p of plane p are kept at ``copy + i`` (36
+        # flip-flops, not a copy of all 8 x S bits). The lanes past a position's last
+        # word's ``last_lanes`` hold an earlier word's bits: masked on the way out.
         copy = Signal()
-        m.d.sync += copy.eq(c_last)
-        buffer = [Signal(s, name=f"write_plane{p}") for p in range(INPUT_PLANES)]
+        pos_end = Signal()
+        m.d.sync += [copy.eq(c_last), pos_end.eq(c_pos_end)]
         writing, plane = Signal(), Signal(range(INPUT_PLANES))
+        kept = [Signal(min(p + 1, s), name=f"kept_plane{p}") for p in range(INPUT_PLANES)]
+        for i in range(min(INPUT_PLANES, s)):
+            with m.If(copy if i == 0 else writing & (plane == i - 1)):  # cycle copy + i
+                m.d.sync += [kept[p][i].eq(words[p][i]) for p in range(i, INPUT_PLANES)]
+        wr_pos_end = Signal()
+        with m.If(copy):
+            m.d.sync += wr_pos_end.eq(pos_end)
         word = Signal(range(last_word + 2))  # the word being written: position * W + word
         wr_addr = Signal(len(seq.load_addr))
         m.d.sync += [seq.load_we.eq(writing), seq.load_addr.eq(wr_addr)]  # whole words: no lane enables
         with m.Switch(plane):
-            for p, plane_word in enumerate(buffer):
+            for p, plane_word in enumerate(words):
+                bits = [kept[p][i] if i <= p else plane_word[i] for i in range(s)]
+                bits = [b & ~wr_pos_end if i >= last_lanes else b for i, b in enumerate(bits)]
                 with m.Case(p):
-                    m.d.sync += seq.load_data.eq(plane_word)
+                    m.d.sync += seq.load_data.eq(Cat(*bits))
         with m.If(start):
             m.d.sync += word.eq(0)
         with m.If(writing):
@@ -256,7 +271,6 @@ class Accelerator(wiring.Component):
                     m.d.comb += done.eq(1)
         with m.If(copy):  # the previous word's last write is in this cycle at the latest
             m.d.sync += [writing.eq(1), plane.eq(0), wr_addr.eq(Mux(writing, word + 1, word))]
-            m.d.sync += [b.eq(wd) for b, wd in zip(buffer, words, strict=True)]
 
     def elaborate(self, platform):
         m = Module()
