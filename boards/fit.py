@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+from binforge.hw.plan import DEFAULT_RELAY, INPUT_PLANES
 from binforge.hw.sequencer import DP16KD_SHAPES
 from binforge.hw.spram import image_memory_kind, spram_tiles
 
@@ -28,7 +29,7 @@ from binforge.errors import BinforgeError
 
 from .platforms import Board
 
-__all__ = ["MemoryNeed", "FitEstimate", "LOGIC_MODEL", "BRAM_SHAPES", "BRAM_WRITE_ENABLES", "bram_blocks", "gain_logic",
+__all__ = ["MemoryNeed", "FitEstimate", "LOGIC_MODEL", "LOGIC_MARGIN", "relay_bits", "BRAM_SHAPES", "BRAM_WRITE_ENABLES", "bram_blocks", "gain_logic",
            "estimate_logic", "estimate_fit", "check_fit", "BLOCK_COST", "LOGIC_BIT_COST"]
 
 #: Block RAM (depth, width) configurations per family.
@@ -121,7 +122,26 @@ def estimate_logic(plan, family: str) -> float:
     hold = pes * plan.pe_width * model["per_hold_bit"] if plan.hold_results else 0.0
     if plan.direct_results:
         hold -= plan.rows * plan.pe_width * model["per_hold_bit"]
+    # Flip-flops that differ from the designs the model was fitted to (a cell each on
+    # iCE40, none on the LUT counts): the array's relay and skew registers at another
+    # relay than the default, and the im2col loader's kept lanes in place of its former
+    # 8 x S write buffer.
+    hold += (relay_bits(plan, plan.relay) - relay_bits(plan, DEFAULT_RELAY)) * model["per_hold_bit"]
+    if plan.image_depth:
+        kept = sum(min(p + 1, plan.simd) for p in range(INPUT_PLANES))
+        hold -= (INPUT_PLANES * plan.simd - kept) * model["per_hold_bit"]
     return luts * model["cell_factor"] + hold
+
+
+def relay_bits(plan, relay: int) -> int:
+    """Flip-flops of the array's input chains at ``relay`` PEs per register: activation and
+    control skew and relay registers per column, weight skew and relay registers per row
+    (:class:`~binforge.hw.array.XnorPopcountArray`)."""
+    rows, cols, s = plan.rows, plan.cols, plan.simd
+    ctrl = 2 + plan.gain_format.shape.width
+    columns = sum(c // relay + (rows - 1) // relay + 1 for c in range(cols)) * (s + ctrl)
+    weights = sum(r // relay + (cols - 1) // relay + 1 for r in range(rows)) * s
+    return columns + weights
 
 
 @dataclass(frozen=True)
@@ -288,8 +308,17 @@ def estimate_fit(plan, board: Board) -> FitEstimate:
     )
 
 
+#: How far the logic estimate may exceed the device before a build is refused: the
+#: model's error on routed builds (iCE40: 1.4-1.6 % above the packed count on the
+#: iCEBreaker's conv network at 8x1x8 and 8x1x16, docs/RESULTS.md). A design within it
+#: is built and the place-and-route's own count decides (refused after synthesis,
+#: with the numbers, when over).
+LOGIC_MARGIN = 0.02
+
+
 def check_fit(estimate: FitEstimate, board: Board) -> None:
-    """Raise :class:`BinforgeError` with the numbers when ``estimate`` exceeds ``board``."""
+    """Raise :class:`BinforgeError` with the numbers when ``estimate`` exceeds ``board``
+    (its logic by more than :data:`LOGIC_MARGIN`)."""
     res = board.resources
     kind = "logic cells" if board.family == "ice40" else f"LUT{res.lut_inputs}s"
     shape = f"{estimate.rows}x{estimate.cols}x{estimate.simd}"
@@ -300,7 +329,7 @@ def check_fit(estimate: FitEstimate, board: Board) -> None:
             f"its memories need {estimate.bram_blocks} block RAMs ({detail}; "
             f"{estimate.memory_bits / 1024:.1f} Kbit) but the {board.device} has "
             f"{estimate.bram_available} ({estimate.bram_available} x {res.bram_bits // 1024} Kbit)")
-    if estimate.logic_cells > estimate.logic_available:
+    if estimate.logic_cells > estimate.logic_available * (1 + LOGIC_MARGIN):
         problems.append(
             f"the {shape} array ({estimate.lanes} lanes) needs about {estimate.logic_cells} {kind} "
             f"but the {board.device} has {estimate.logic_available}")

@@ -131,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
              if fit.get("spram_blocks") else "")
     print(f"estimate   {fit['logic_cells']} of {fit['logic_available']} logic cells, "
           f"{fit['bram_blocks']} of {fit['bram_available']} block RAMs{spram}")
+    if fit["logic_cells"] > fit["logic_available"]:
+        print(f"note       the logic estimate is above the device by "
+              f"{fit['logic_cells'] / fit['logic_available'] - 1:.1%}, within its margin: "
+              "the place-and-route's count decides")
     if report.get("built"):
         for name, use in report["utilisation"].items():
             print(f"used       {name:12s} {use['used']:6d} / {use['available']:6d}  ({use['percent']:.1f} %)")

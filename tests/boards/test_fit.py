@@ -110,3 +110,46 @@ def test_reading_the_pes_directly_saves_the_column_copy_on_ice40_only(net):
     bits = plan.rows * plan.pe_width
     assert estimate_logic(plan, "ice40") == pytest.approx(estimate_logic(with_copy, "ice40") - bits)
     assert estimate_logic(plan, "ecp5") == pytest.approx(estimate_logic(with_copy, "ecp5"))
+
+
+@pytest.mark.parametrize("rows,cols,simd,relay", [(3, 2, 4, 1), (8, 1, 16, 4), (5, 3, 2, 2), (8, 1, 8, 8)])
+def test_relay_bits_are_the_arrays_input_chain_registers(net, rows, cols, simd, relay):
+    import re
+
+    from amaranth.back import verilog
+    from binforge.boards.fit import relay_bits
+    from binforge.hw.array import XnorPopcountArray
+
+    plan = plan_network(net, rows, cols, simd, relay=relay)
+    array = XnorPopcountArray(rows, cols, simd, plan.pe_width, plan.gain_format, relay=relay)
+    text = verilog.convert(array, name="array")
+    chain = re.compile(r"^\s*reg (?:\[(\d+):0\] )?\\?((?:act|ctrl|weight)\d+_(?:skew_d|relay)\d+)\b", re.M)
+    found = {name: int(msb or 0) + 1 for msb, name in chain.findall(text)}
+    assert found and sum(found.values()) == relay_bits(plan, relay)
+
+
+def test_estimate_follows_the_relay_on_ice40_only(net):
+    import dataclasses
+
+    from binforge.boards.fit import estimate_logic, relay_bits
+
+    plan = plan_network(net, 8, 1, 16, relay=8)
+    default = dataclasses.replace(plan, relay=4)
+    saved = relay_bits(default, 4) - relay_bits(plan, 8)
+    assert saved > 0
+    assert estimate_logic(plan, "ice40") == pytest.approx(estimate_logic(default, "ice40") - saved)
+    assert estimate_logic(plan, "ecp5") == pytest.approx(estimate_logic(default, "ecp5"))
+
+
+def test_logic_within_the_estimates_margin_is_left_to_the_build(net):
+    import dataclasses
+
+    from binforge.boards.fit import LOGIC_MARGIN, check_fit
+    from binforge.errors import BinforgeError
+
+    board = get_board("icebreaker")
+    estimate = estimate_fit(plan_network(net, 2, 1, 8), board)
+    limit = estimate.logic_available
+    check_fit(dataclasses.replace(estimate, logic_cells=int(limit * (1 + LOGIC_MARGIN))), board)
+    with pytest.raises(BinforgeError, match=f"needs about {int(limit * (1 + LOGIC_MARGIN)) + 1} logic cells"):
+        check_fit(dataclasses.replace(estimate, logic_cells=int(limit * (1 + LOGIC_MARGIN)) + 1), board)
