@@ -145,6 +145,7 @@ def test_logic_within_the_estimates_margin_is_left_to_the_build(net):
     import dataclasses
 
     from binforge.boards.fit import LOGIC_MARGIN, check_fit
+
     from binforge.errors import BinforgeError
 
     board = get_board("icebreaker")
