@@ -24,7 +24,7 @@ from typing import Any
 from binforge.errors import BinforgeError
 from binforge.outdir import atomic_output_dir, write_report
 
-from .fit import check_fit, estimate_fit
+from .fit import check_fit, estimate_fit, relay_advice
 from .platforms import Board, get_board, make_platform
 from .pll import PLLRangeError, solve_pll
 from .report import count_yosys_cells, read_nextpnr_report
@@ -206,8 +206,8 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
                 if over:
                     raise BinforgeError(
                         f"the design does not fit the {board.device} after synthesis: {over} (the "
-                        f"estimate was {estimate.logic_cells} logic cells); use a smaller array or "
-                        f"network or a larger board; logs in {failed}") from None
+                        f"estimate was {estimate.logic_cells} logic cells{relay_advice(estimate)}); "
+                        f"use a smaller array or network or a larger board; logs in {failed}") from None
                 raise BinforgeError(str(exc).replace(str(build_dir), str(failed))) from None
             flip_flops = count_yosys_cells(build_dir / f"{DESIGN_NAME}.rpt", "SB_DFF") \
                 if board.family == "ice40" else None

@@ -181,6 +181,10 @@ class FitEstimate:
     logic_available: int
     spram_blocks: int = 0
     spram_available: int = 0
+    #: The relay that drops the array's skew registers (one register per chain) and
+    #: the logic it saves by estimate; 0 where the plan's relay already does.
+    relay_hint: int = 0
+    relay_saving: int = 0
 
     @property
     def fits(self) -> bool:
@@ -298,6 +302,9 @@ def estimate_fit(plan, board: Board) -> FitEstimate:
                  if m.name == "image" else m for m in needs]
     lanes = plan.rows * plan.cols * plan.simd
     logic = estimate_logic(plan, family) + sum(_memory_logic(m, family) for m in needs)
+    widest = max(plan.rows, plan.cols)
+    saving = math.floor((relay_bits(plan, plan.relay) - relay_bits(plan, widest))
+                        * LOGIC_MODEL[family]["per_hold_bit"])
     res = board.resources
     return FitEstimate(
         board=board.name, device=board.device, rows=plan.rows, cols=plan.cols, simd=plan.simd,
@@ -305,6 +312,7 @@ def estimate_fit(plan, board: Board) -> FitEstimate:
         bram_available=res.bram_blocks, memory_bits=sum(m.bits for m in needs),
         logic_cells=math.ceil(logic), logic_available=res.logic_cells,
         spram_blocks=sum(m.spram for m in needs), spram_available=res.spram_blocks,
+        relay_hint=widest if saving > 0 else 0, relay_saving=max(saving, 0),
     )
 
 
@@ -314,6 +322,14 @@ def estimate_fit(plan, board: Board) -> FitEstimate:
 #: is built and the place-and-route's own count decides (refused after synthesis,
 #: with the numbers, when over).
 LOGIC_MARGIN = 0.02
+
+
+def relay_advice(estimate: FitEstimate, kind: str = "logic cells") -> str:
+    """``"; --relay R ... saves about N cells"`` where a larger relay would save logic, else ``""``."""
+    if not estimate.relay_saving:
+        return ""
+    return (f" (--relay {estimate.relay_hint} in 'binforge hw' drops the array's skew "
+            f"registers: about {estimate.relay_saving} {kind} fewer)")
 
 
 def check_fit(estimate: FitEstimate, board: Board) -> None:
@@ -332,7 +348,7 @@ def check_fit(estimate: FitEstimate, board: Board) -> None:
     if estimate.logic_cells > estimate.logic_available * (1 + LOGIC_MARGIN):
         problems.append(
             f"the {shape} array ({estimate.lanes} lanes) needs about {estimate.logic_cells} {kind} "
-            f"but the {board.device} has {estimate.logic_available}")
+            f"but the {board.device} has {estimate.logic_available}{relay_advice(estimate, kind)}")
     if problems:
         raise BinforgeError(
             f"the design does not fit the {board.title}: " + "; and ".join(problems)

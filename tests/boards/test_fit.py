@@ -154,3 +154,25 @@ def test_logic_within_the_estimates_margin_is_left_to_the_build(net):
     check_fit(dataclasses.replace(estimate, logic_cells=int(limit * (1 + LOGIC_MARGIN))), board)
     with pytest.raises(BinforgeError, match=f"needs about {int(limit * (1 + LOGIC_MARGIN)) + 1} logic cells"):
         check_fit(dataclasses.replace(estimate, logic_cells=int(limit * (1 + LOGIC_MARGIN)) + 1), board)
+
+
+def test_a_refusal_names_the_relay_that_saves_the_skew_registers(net):
+    import dataclasses
+
+    from binforge.boards.fit import check_fit, relay_bits
+
+    from binforge.errors import BinforgeError
+
+    board = get_board("icebreaker")
+    plan = plan_network(net, 8, 1, 8)  # relay 4: rows 4-7 skewed
+    estimate = estimate_fit(plan, board)
+    assert estimate.relay_hint == 8
+    assert estimate.relay_saving == relay_bits(plan, 4) - relay_bits(plan, 8) > 0
+    assert estimate.to_json()["relay_saving"] == estimate.relay_saving
+    over = dataclasses.replace(estimate, logic_cells=2 * estimate.logic_available)
+    with pytest.raises(BinforgeError, match=r"\(--relay 8 in 'binforge hw' drops the array's skew "
+                                            rf"registers: about {estimate.relay_saving} logic cells fewer\)"):
+        check_fit(over, board)
+    # nothing to say where the relay already spans the array, or on LUT counts (ECP5)
+    assert estimate_fit(plan_network(net, 8, 1, 8, relay=8), board).relay_saving == 0
+    assert estimate_fit(plan, get_board("ulx3s-85f")).relay_saving == 0
