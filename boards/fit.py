@@ -188,6 +188,8 @@ class FitEstimate:
 
     @property
     def fits(self) -> bool:
+        """By the estimate itself, with no margin (the explorer's conservative answer);
+        :func:`check_fit` lets a build within :data:`LOGIC_MARGIN` go ahead."""
         return (self.bram_blocks <= self.bram_available and self.logic_cells <= self.logic_available
                 and self.spram_blocks <= self.spram_available)
 
@@ -325,7 +327,8 @@ LOGIC_MARGIN = 0.02
 
 
 def relay_advice(estimate: FitEstimate, kind: str = "logic cells") -> str:
-    """``"; --relay R ... saves about N cells"`` where a larger relay would save logic, else ``""``."""
+    """``" (--relay R in 'binforge hw' ...: about N logic cells fewer)"`` where a relay
+    spanning the array would save logic, else ``""``."""
     if not estimate.relay_saving:
         return ""
     return (f" (--relay {estimate.relay_hint} in 'binforge hw' drops the array's skew "
