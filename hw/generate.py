@@ -14,7 +14,8 @@ from binforge.compiler import ir
 from binforge.compiler.ir import Network
 
 from .accelerator import CYCLES_WIDTH, Accelerator, load_cycles, load_cycles_per_pixel
-from .plan import DEFAULT_GAIN_MODE, DEFAULT_RELAY, OUT_DATA_WIDTH, analytic_cycles, plan_network
+from .plan import (DEFAULT_GAIN_MODE, DEFAULT_RELAY, OUT_DATA_WIDTH, analytic_cycles, plan_network,
+                   skew_advice)
 from .top import BinforgeTop
 
 __all__ = ["generate", "describe", "ports", "PORTS", "DEBUG_PORTS", "TOP_NAME", "VERILOG_FILE", "HW_JSON"]
@@ -95,6 +96,7 @@ def describe(plan, cycles: dict, port_list: list[dict] | None = None, device: st
         "memory_bits": plan.memory_bits(),
         "memory_bits_total": sum(plan.memory_bits().values()),
         "cycles": cycles,
+        "skew_advice": skew_advice(plan),
         "ports": PORTS if port_list is None else port_list,
         "protocol": {
             "input": "after a start pulse, num pixels = C*H*W bytes on in_*, (C, H, W) order",

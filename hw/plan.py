@@ -43,7 +43,7 @@ from .pe import GainFormat, popcount_depth
 
 __all__ = ["GAIN_MODES", "DEFAULT_GAIN_MODE", "signed_digits", "expand_gains", "horner_steps",
            "ComputePlan", "PoolPlan", "NetworkPlan", "TensorLayout", "plan_network", "tensor_layouts",
-           "analytic_cycles",
+           "analytic_cycles", "skew_advice",
            "OUT_DATA_WIDTH", "DEFAULT_RELAY", "LAYER_LOAD_CYCLES", "OP_REGISTER_CYCLES", "READ_REGISTER_CYCLES",
            "DRAIN_TAIL_CYCLES", "ARGMAX_TAIL_CYCLES", "POOL_TAIL_CYCLES", "RMW_DRAIN_FACTOR",
            "partial_word_writes"]
@@ -736,3 +736,35 @@ def analytic_cycles(net_or_plan, rows: int | None = None, cols: int | None = Non
         total += cycles
         ideal_total += ideal
     return {"layers": rows_, "total": total, "ideal": ideal_total}
+
+
+def skew_advice(plan: NetworkPlan) -> dict | None:
+    """What the array's skew costs at ``plan.relay`` and the relay that takes it out.
+
+    A group's next one waits for the least skewed PE to take the next sums
+    (:func:`_guard`: ``max_skew + 1`` cycles at least), so with many rows or columns and
+    short groups the skew, ``(R - 1) // relay + (C - 1) // relay``, sets the pace instead
+    of the beats. Returns ``None`` when the skew adds less than 1 % to the image's cycles
+    (it always adds a few: the array's latency, once per layer), else ``{"relay",
+    "cycles", "skew_cycles", "hint", "hint_cycles"}``: the cycles per image at the plan's
+    relay, those the skew adds to them (against an array without skew), and the smallest
+    power-of-two relay above the plan's that saves at least as many cycles as half of
+    them, with its cycles. A larger relay drives more PEs from each register: fewer
+    relay flip-flops and longer nets.
+    """
+    cycles = analytic_cycles(plan)["total"]
+    widest = max(plan.rows, plan.cols)
+    floor = analytic_cycles(plan.net, plan.rows, plan.cols, plan.simd, relay=widest,
+                            gain_mode=plan.gain_mode)["total"] if widest > plan.relay else cycles
+    skew = cycles - floor
+    if skew * 100 < cycles:
+        return None
+    relay = plan.relay
+    while True:
+        relay = min(relay * 2, widest)
+        hint_cycles = analytic_cycles(plan.net, plan.rows, plan.cols, plan.simd, relay=relay,
+                                      gain_mode=plan.gain_mode)["total"]
+        if cycles - hint_cycles >= skew / 2 or relay == widest:
+            break
+    return {"relay": plan.relay, "cycles": cycles, "skew_cycles": skew, "hint": relay,
+            "hint_cycles": hint_cycles}

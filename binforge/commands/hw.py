@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
                          simd=args.simd, relay=args.relay, gains=args.gains,
                          gain_format=desc["gain_format"], lanes=desc["lanes"],
                          cycles=desc["cycles"]["total"], ideal_cycles=desc["cycles"]["ideal"],
-                         memory_bits=desc["memory_bits_total"], verilog=desc["verilog"],
+                         memory_bits=desc["memory_bits_total"], skew_advice=desc["skew_advice"],
+                         verilog=desc["verilog"],
                          board=args.board, device=desc["device"])
     except ValueError as exc:
         raise BinforgeError(f"cannot map {net.name!r} onto the array: {exc}") from None
@@ -77,6 +78,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"array      {args.rows} x {args.cols} PEs x {args.simd} bits = {desc['lanes']} lanes")
     print(f"cycles     {desc['cycles']['total']} per image (busy array alone: {desc['cycles']['ideal']})")
     print(f"memory     {desc['memory_bits_total']} bits: " + ", ".join(f"{k} {v}" for k, v in bits.items()))
+    advice = desc["skew_advice"]
+    if advice is not None:
+        print(f"note       the array's skew adds {advice['skew_cycles']} cycles per image at --relay "
+              f"{advice['relay']} (groups wait for it); --relay {advice['hint']} takes "
+              f"{advice['cycles'] - advice['hint_cycles']} of them out (fewer relay registers, "
+              "each driving more PEs)")
     target = f", elaborated for the {desc['device']} of --board {args.board}" if args.board else ""
     print(f"verilog    {args.out}/{desc['verilog']} (top module {desc['top']}{target})")
     return 0

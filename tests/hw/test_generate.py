@@ -38,7 +38,22 @@ def test_hw_command(net, tmp_path, capsys):
     assert report["command"] == "hw"
     assert report["cycles"] == analytic_cycles(net, 2, 2, 8)["total"]
     assert (tmp_path / "hw" / "binforge_top.v").is_file()
-    assert "cycles" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cycles" in out
+    assert report["skew_advice"] is None and "--relay" not in out  # 2 x 2 at relay 4: no skew
+
+
+def test_hw_command_names_the_relay_when_skew_sets_the_pace(tmp_path, capsys):
+    net = small_network(5, shape=(1, 6, 6), channels=(4, 6, 4), act_planes=(1, 1, 1))
+    ir.save(net, tmp_path / "net")
+    assert main(["hw", str(tmp_path / "net"), "--rows", "4", "--cols", "5", "--simd", "16", "--relay", "1",
+                 "--out", str(tmp_path / "hw")]) == 0
+    advice = json.loads((tmp_path / "hw" / "hw.json").read_text())["skew_advice"]
+    assert advice == json.loads((tmp_path / "hw" / "report.json").read_text())["skew_advice"]
+    assert advice["relay"] == 1 and advice["skew_cycles"] > 0
+    saved = advice["cycles"] - advice["hint_cycles"]
+    assert (f"the array's skew adds {advice['skew_cycles']} cycles per image at --relay 1 (groups wait "
+            f"for it); --relay {advice['hint']} takes {saved} of them out") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("board,device,primitive", [

@@ -10,6 +10,7 @@ from binforge.hw.plan import (
     expand_gains,
     plan_network,
     signed_digits,
+    skew_advice,
     tensor_layouts,
 )
 from networks import linear_stack_network, small_network
@@ -82,6 +83,25 @@ def test_guard_with_and_without_the_result_hold(rows, cols, simd, relay, hold):
         for drain, guard in ((p.drain_full, p.guard_full), (p.drain_last, p.guard_last)):
             need = max(drain, skew) + 1 if hold else drain + skew + 1
             assert guard == max(0, need - p.beats)
+
+
+def test_skew_advice_names_the_relay_that_takes_the_skew_out():
+    net = small_network(5, shape=(1, 6, 6), channels=(4, 6, 4), act_planes=(1, 1, 1))
+    plan = plan_network(net, 4, 5, 16, relay=1)  # skew 7 against groups of 2-9 beats
+    advice = skew_advice(plan)
+    no_skew = analytic_cycles(net, 4, 5, 16, relay=5)["total"]
+    assert advice["relay"] == 1 and advice["cycles"] == analytic_cycles(plan)["total"]
+    assert advice["skew_cycles"] == advice["cycles"] - no_skew > advice["cycles"] / 100
+    hint = advice["hint"]
+    assert hint in (2, 4, 5)
+    assert advice["hint_cycles"] == analytic_cycles(net, 4, 5, 16, relay=hint)["total"]
+    assert advice["cycles"] - advice["hint_cycles"] >= advice["skew_cycles"] / 2
+    if hint > 2:  # the smallest relay that does: half-way was not enough
+        smaller = analytic_cycles(net, 4, 5, 16, relay=hint // 2)["total"]
+        assert advice["cycles"] - smaller < advice["skew_cycles"] / 2
+    # without skew, or with one that costs under 1 %, nothing to advise
+    assert skew_advice(plan_network(net, 4, 5, 16, relay=5)) is None
+    assert skew_advice(plan_network(net, 1, 1, 16)) is None
 
 
 @pytest.mark.parametrize("gain", [1, -1, 2, 3, -3, 7, 139, 195, -16384, 1023])
