@@ -37,11 +37,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from binforge.boards.build import binary_conv_layers
 from binforge.boards.fit import estimate_fit
 from binforge.boards.platforms import Board, get_board
 from binforge.compiler.ir import IRError, Network, load, to_json
 from binforge.errors import BinforgeError
-from binforge.hw.plan import analytic_cycles, check_geometry, plan_network
+from binforge.hw.plan import DEFAULT_RELAY, analytic_cycles, check_geometry, plan_network, skew_advice
 from binforge.outdir import write_report
 
 __all__ = [
@@ -79,9 +80,9 @@ PLOT_FILES = ("accuracy_vs_bitops.png", "cycles_vs_logic.png", "images_per_secon
 
 #: Columns of ``points.csv``, in order.
 POINT_COLUMNS: tuple[str, ...] = (
-    "network", "net_hash", "source", "data", "models", "rows", "cols", "simd", "lanes", "board", "device",
+    "network", "net_hash", "source", "data", "models", "rows", "cols", "simd", "relay", "lanes", "board", "device",
     "accuracy", "bit_ops", "array_bit_ops", "ops_per_layer",
-    "cycles", "ideal_cycles", "image_cycles",
+    "cycles", "ideal_cycles", "image_cycles", "conv_ops_per_logic",
     "logic", "logic_estimate", "logic_unit", "logic_available", "bram_blocks", "bram_available",
     "memory_bits", "fits", "resources_from",
     "fmax_mhz", "fmax_estimate_mhz", "fmax_from", "board_clock_mhz", "images_per_s", "images_per_s_at_fmax",
@@ -307,10 +308,15 @@ def evaluate_shape(network: SweepNetwork, rows: int, cols: int, simd: int, board
     }
     try:
         plan = plan_network(net, rows, cols, simd)
+        advice = skew_advice(plan)
+        if advice is not None:  # the array's skew sets the pace: take the relay that removes it
+            plan = plan_network(net, rows, cols, simd, relay=advice["hint"])
     except ValueError as exc:
         return [{**base, "board": b.name, "device": b.device, "fits": "no", "error": f"cannot map: {exc}"}
                 for b in boards]
+    base["relay"] = str(plan.relay)
     cycles = analytic_cycles(plan)
+    conv = binary_conv_layers(net, {layer["name"]: layer["cycles"] for layer in cycles["layers"]})
     total = int(cycles["total"])
     per_image = image_cycles(plan, total)
     out = []
@@ -320,6 +326,7 @@ def evaluate_shape(network: SweepNetwork, rows: int, cols: int, simd: int, board
         out.append({
             **base, "board": board.name, "device": board.device,
             "cycles": str(total), "ideal_cycles": str(int(cycles["ideal"])), "image_cycles": str(per_image),
+            "conv_ops_per_logic": _conv_ops_per_logic(conv, estimate.logic_cells),
             "logic": str(estimate.logic_cells), "logic_estimate": str(estimate.logic_cells),
             "logic_unit": "LC" if board.family == "ice40" else f"LUT{board.resources.lut_inputs}",
             "logic_available": str(estimate.logic_available), "bram_blocks": str(estimate.bram_blocks),
@@ -333,6 +340,18 @@ def evaluate_shape(network: SweepNetwork, rows: int, cols: int, simd: int, board
             "error": "",
         })
     return out
+
+
+def _conv_ops_per_logic(conv: dict[str, int] | None, logic: int) -> str:
+    """Binary ops per logic cell (LUT) per cycle on the binary conv layers ('' without any)."""
+    if not conv or not conv["cycles"] or not logic:
+        return ""
+    return _fmt(conv["binary_ops"] / conv["cycles"] / logic, 4)
+
+
+def _relay(row: dict[str, str]) -> int:
+    """The relay a point was evaluated at (tables written before the column: the default)."""
+    return int(row.get("relay") or DEFAULT_RELAY)
 
 
 # --------------------------------------------------------------------------------------
@@ -453,7 +472,7 @@ def _ranked(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 def simulate_image(net: Network, rows: int, cols: int, simd: int, image: np.ndarray, *,
-                   max_cycles: int | None = None) -> dict[str, Any]:
+                   max_cycles: int | None = None, relay: int = DEFAULT_RELAY) -> dict[str, Any]:
     """Run one uint8 image through the accelerator in Amaranth's simulator.
 
     The pixel source offers a byte every cycle and the result sink is always ready.
@@ -465,7 +484,7 @@ def simulate_image(net: Network, rows: int, cols: int, simd: int, image: np.ndar
 
     from binforge.hw.accelerator import Accelerator
 
-    acc = Accelerator(net, rows, cols, simd)
+    acc = Accelerator(net, rows, cols, simd, relay=relay)
     if max_cycles is None:
         max_cycles = 4 * image_cycles(acc.plan, int(analytic_cycles(acc.plan)["total"])) + 1000
     pixels = [int(v) for v in np.asarray(image, dtype=np.uint8).reshape(-1)]
@@ -512,7 +531,8 @@ SIMULATORS = ("amaranth", "verilator", "icarus")
 
 
 def validate_shape(net: Network, rows: int, cols: int, simd: int, images: np.ndarray, *,
-                   simulator: str = "amaranth", work_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                   simulator: str = "amaranth", work_dir: str | os.PathLike | None = None,
+                   relay: int = DEFAULT_RELAY) -> dict[str, Any]:
     """Check one array shape in simulation: the cycle counter against the analytic model and
     the class and logits against the golden model.
 
@@ -528,11 +548,11 @@ def validate_shape(net: Network, rows: int, cols: int, simd: int, images: np.nda
     images = np.asarray(images, dtype=np.uint8)
     if images.ndim == 3:
         images = images[None]
-    plan = plan_network(net, rows, cols, simd)
+    plan = plan_network(net, rows, cols, simd, relay=relay)
     expected = int(analytic_cycles(plan)["total"])
     if simulator == "amaranth":
         images = images[:1]
-        sim = simulate_image(net, rows, cols, simd, images[0])
+        sim = simulate_image(net, rows, cols, simd, images[0], relay=relay)
         golden = run_network(net, images)
         logits_match = ([int(v) for v in golden.logits[0]] == sim["logits"]
                         and int(golden.predictions[0]) == sim["predicted"])
@@ -548,7 +568,7 @@ def validate_shape(net: Network, rows: int, cols: int, simd: int, images: np.nda
         require_simulator(simulator)
         hw_dir = Path(work_dir) / "hw"
         try:
-            generate(net, rows, cols, simd, hw_dir)
+            generate(net, rows, cols, simd, hw_dir, relay=relay)
         except ValueError as exc:
             raise BinforgeError(f"cannot generate the {rows}x{cols}x{simd} accelerator: {exc}") from None
         result = simulate_network(hw_dir, net, images, simulator=simulator, run_dir=Path(work_dir) / "sim",
@@ -570,7 +590,7 @@ def build_point(net: Network, row: dict[str, str], out: str | os.PathLike, *, pr
     from binforge.boards.build import build_for_board
 
     return build_for_board(net, int(row["rows"]), int(row["cols"]), int(row["simd"]), row["board"], out,
-                           progress=progress, source={"explore": row["network"], "net_hash": row["net_hash"]})
+                           relay=_relay(row), progress=progress, source={"explore": row["network"], "net_hash": row["net_hash"]})
 
 
 # --------------------------------------------------------------------------------------
@@ -862,17 +882,18 @@ HDL_VALIDATION_IMAGES = 10
 
 def _validate(table, sweep_keys, by_digest, k, images, say, simulator, out):
     rows = [table.rows[key] for key in sweep_keys if key in table]
-    done = {(r["net_hash"], r["rows"], r["cols"], r["simd"]) for r in rows if r["validated"] in ("yes", "FAILED")}
-    chosen: list[tuple[str, str, str, str]] = []
+    done = {(r["net_hash"], r["rows"], r["cols"], r["simd"], r["relay"]) for r in rows
+            if r["validated"] in ("yes", "FAILED")}
+    chosen: list[tuple[str, str, str, str, str]] = []
     ordered = _ranked(rows) + sorted((r for r in rows if _usable(r)), key=lambda r: int(r["cycles"]))
     for row in ordered:
         if len(done) + len(chosen) >= k:
             break
-        shape = (row["net_hash"], row["rows"], row["cols"], row["simd"])
+        shape = (row["net_hash"], row["rows"], row["cols"], row["simd"], row["relay"])
         if shape not in done and shape not in chosen:
             chosen.append(shape)
     results = []
-    for digest, r, c, s in tqdm(chosen, desc="validate", unit="shape", file=sys.stderr, disable=not chosen):
+    for digest, r, c, s, relay in tqdm(chosen, desc="validate", unit="shape", file=sys.stderr, disable=not chosen):
         net = by_digest[digest].net
         count = 1 if simulator == "amaranth" else HDL_VALIDATION_IMAGES
         if images is not None and len(images):
@@ -882,11 +903,11 @@ def _validate(table, sweep_keys, by_digest, k, images, say, simulator, out):
             chosen_images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
         name = f"{by_digest[digest].label}-{r}x{c}x{s}"
         check = validate_shape(net, int(r), int(c), int(s), chosen_images, simulator=simulator,
-                               work_dir=out / "validate" / name)
+                               work_dir=out / "validate" / name, relay=_relay({"relay": relay}))
         mark = "yes" if check["passed"] else "FAILED"
         updated = []
         for row in rows:
-            if (row["net_hash"], row["rows"], row["cols"], row["simd"]) == (digest, r, c, s):
+            if (row["net_hash"], row["rows"], row["cols"], row["simd"], row["relay"]) == (digest, r, c, s, relay):
                 updated.append({**row, "validated": mark, "simulator": simulator, "sim_images": str(check["images"]),
                                 "sim_cycles": str(check["cycles"]), "sim_image_cycles": str(check["image_cycles"])})
         table.put(*updated)

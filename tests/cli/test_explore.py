@@ -11,7 +11,8 @@ from binforge.boards.fit import estimate_fit
 from binforge.boards.platforms import get_board
 from binforge.compiler.ir import Shape, save
 from binforge.compiler.random_network import random_network
-from binforge.hw.plan import analytic_cycles, plan_network
+from binforge.boards.build import binary_conv_layers
+from binforge.hw.plan import DEFAULT_RELAY, analytic_cycles, plan_network, skew_advice
 from binforge.model.data import load_dataset
 from binforge.sim.golden import run_network
 
@@ -67,6 +68,7 @@ def test_sweep_writes_every_point_with_its_figures_and_the_plots(nets, tmp_path,
         r, c, s = int(row["rows"]), int(row["cols"]), int(row["simd"])
         board = get_board(row["board"])
         plan = plans.setdefault((row["network"], r, c, s), plan_network(net, r, c, s))
+        assert skew_advice(plan) is None and int(row["relay"]) == DEFAULT_RELAY  # small arrays: no skew to take out
         estimate = estimate_fit(plan, board)
         assert int(row["cycles"]) == analytic_cycles(plan)["total"]
         assert int(row["logic"]) == int(row["logic_estimate"]) == estimate.logic_cells
@@ -186,6 +188,19 @@ def test_networks_get_unique_labels_and_duplicates_are_kept_once(nets, tmp_path)
     assert [n.label for n in loaded] == ["multi", "multi-2"]
     assert [n.digest for n in loaded] == [explore.network_digest(networks["multi"]),
                                           explore.network_digest(networks["single"])]
+
+
+def test_points_where_skew_sets_the_pace_take_the_relay_that_removes_it(nets):
+    _, networks = nets
+    network = explore.SweepNetwork("single", "memory", networks["single"])
+    (row,) = explore.evaluate_shape(network, 8, 48, 8, [get_board("ulx3s-85f")])
+    advice = skew_advice(plan_network(networks["single"], 8, 48, 8))
+    assert advice is not None and advice["hint"] > DEFAULT_RELAY
+    assert int(row["relay"]) == advice["hint"] and int(row["cycles"]) == advice["hint_cycles"]
+    plan = plan_network(networks["single"], 8, 48, 8, relay=advice["hint"])
+    conv = binary_conv_layers(plan.net, {layer["name"]: layer["cycles"] for layer in analytic_cycles(plan)["layers"]})
+    logic = estimate_fit(plan, get_board("ulx3s-85f")).logic_cells
+    assert float(row["conv_ops_per_logic"]) == pytest.approx(conv["binary_ops"] / conv["cycles"] / logic, abs=1e-4)
 
 
 def test_validate_checks_cycles_and_logits_in_simulation(tmp_path):
