@@ -217,6 +217,10 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
             report["built"] = True
             report["bitstream"] = bitstream
             report["steps"] = [{"name": s.name, "seconds": s.seconds, "log": f"build/{s.log}"} for s in steps]
+            carry_log = build_dir / "carry_ends.log"
+            if carry_log.is_file():  # the ECP5 netlist pass: carry ins and outs it opened
+                report["carry_ends"] = {key: int(value) for key, value in
+                                        (line.split() for line in carry_log.read_text().splitlines())}
             report.update(figures.to_json())
             fmax = _sync_fmax(figures, sync_hz)
             report.update(_throughput(fmax, figures, estimate.lanes, cycles, ops, board))
