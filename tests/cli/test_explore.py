@@ -203,6 +203,20 @@ def test_points_where_skew_sets_the_pace_take_the_relay_that_removes_it(nets):
     assert float(row["conv_ops_per_logic"]) == pytest.approx(conv["binary_ops"] / conv["cycles"] / logic, abs=1e-4)
 
 
+def test_a_point_is_built_at_its_relay(nets, tmp_path, monkeypatch):
+    import binforge.boards.build as board_build
+
+    calls = []
+    monkeypatch.setattr(board_build, "build_for_board", lambda *args, **kwargs: calls.append((args, kwargs)) or {})
+    _, networks = nets
+    row = {"rows": "8", "cols": "48", "simd": "8", "board": "ulx3s-85f", "relay": "8", "network": "single",
+           "net_hash": "h"}
+    explore.build_point(networks["single"], row, tmp_path / "b", progress=False)
+    explore.build_point(networks["single"], {**row, "relay": ""}, tmp_path / "c", progress=False)  # older table
+    assert [kwargs["relay"] for _, kwargs in calls] == [8, DEFAULT_RELAY]
+    assert calls[0][0][1:5] == (8, 48, 8, "ulx3s-85f")
+
+
 def test_validate_checks_cycles_and_logits_in_simulation(tmp_path):
     net = random_network(4, in_shape=Shape(1, 4, 4), channels=(2,), num_classes=2, pool=False,
                          first_weight_planes=1)
