@@ -42,7 +42,13 @@ from binforge.boards.fit import estimate_fit
 from binforge.boards.platforms import Board, get_board
 from binforge.compiler.ir import IRError, Network, load, to_json
 from binforge.errors import BinforgeError
-from binforge.hw.plan import DEFAULT_RELAY, analytic_cycles, check_geometry, plan_network, skew_advice
+from binforge.hw.plan import (
+    DEFAULT_RELAY,
+    analytic_cycles,
+    check_geometry,
+    plan_network,
+    skew_advice,
+)
 from binforge.outdir import write_report
 
 __all__ = [

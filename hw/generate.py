@@ -14,8 +14,14 @@ from binforge.compiler import ir
 from binforge.compiler.ir import Network
 
 from .accelerator import CYCLES_WIDTH, Accelerator, load_cycles, load_cycles_per_pixel
-from .plan import (DEFAULT_GAIN_MODE, DEFAULT_RELAY, OUT_DATA_WIDTH, analytic_cycles, plan_network,
-                   skew_advice)
+from .plan import (
+    DEFAULT_GAIN_MODE,
+    DEFAULT_RELAY,
+    OUT_DATA_WIDTH,
+    analytic_cycles,
+    plan_network,
+    skew_advice,
+)
 from .top import BinforgeTop
 
 __all__ = ["generate", "describe", "ports", "PORTS", "DEBUG_PORTS", "TOP_NAME", "VERILOG_FILE", "HW_JSON"]

@@ -5,8 +5,9 @@ import json
 import pytest
 from binforge.boards.carry_ends import lut4_is_zero, open_carry_ends
 from binforge.boards.toolchain import CARRY_ENDS_STEP, _after_synthesis
-from binforge.errors import BinforgeError
 from binforge.hw.pe import _ADD, _FEED
+
+from binforge.errors import BinforgeError
 
 YOSYS_ADD = 0b1001011010101010  # Yosys's CCU2C adder position: its sum uses CIN
 

@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from binforge.boards.build import binary_conv_layers
 from binforge.boards.fit import estimate_fit
 from binforge.boards.platforms import get_board
 from binforge.compiler.ir import Shape, save
 from binforge.compiler.random_network import random_network
-from binforge.boards.build import binary_conv_layers
 from binforge.hw.plan import DEFAULT_RELAY, analytic_cycles, plan_network, skew_advice
 from binforge.model.data import load_dataset
 from binforge.sim.golden import run_network
