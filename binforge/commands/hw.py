@@ -28,8 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="PE columns: output positions computed at once (default 4)")
     parser.add_argument("--simd", type=int, default=32, metavar="S",
                         help="bits per PE per cycle, a power of two (default 32)")
-    parser.add_argument("--relay", type=int, default=4, metavar="N",
-                        help="PEs fed by one relay register (default 4)")
+    parser.add_argument("--relay", default="auto", metavar="N",
+                        help="PEs fed by one relay register: a positive integer, or auto (default): 4, "
+                        "or where the array's skew would set the pace (many rows or columns, short "
+                        "groups), the relay that takes it out (binforge.hw.plan.skew_advice)")
     parser.add_argument("--gains", choices=["shift", "multiply"], default="shift",
                         help="shift (default): a gain that is not a power of two runs as one op per "
                         "signed digit, PEs only shift; multiply: PEs multiply, each op runs once")
@@ -46,6 +48,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+def _relay(args: argparse.Namespace, net) -> tuple[int, str]:
+    """The relay ``--relay`` asks for, and a note on how ``auto`` chose it."""
+    from binforge.hw.plan import DEFAULT_RELAY, plan_network, skew_advice
+
+    if args.relay != "auto":
+        try:
+            return int(args.relay), ""
+        except ValueError:
+            raise BinforgeError(f"--relay must be a positive integer or auto, not {args.relay!r}") from None
+    try:
+        advice = skew_advice(plan_network(net, args.rows, args.cols, args.simd, DEFAULT_RELAY, args.gains))
+    except ValueError as exc:
+        raise BinforgeError(f"cannot map {net.name!r} onto the array: {exc}") from None
+    if advice is None:
+        return DEFAULT_RELAY, " (auto)"
+    return advice["hint"], (f" (auto: at relay {DEFAULT_RELAY} the array's skew would add "
+                            f"{advice['skew_cycles']} cycles per image)")
+
+
 def run(args: argparse.Namespace) -> int:
     from binforge.compiler.ir import IRError, load
     from binforge.hw.generate import generate
@@ -55,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     except IRError as exc:
         raise BinforgeError(f"cannot read the network: {exc}") from None
     limit = None if args.max_bram is None else args.max_bram * 1024
+    relay, auto_note = _relay(args, net)
     platform = None
     if args.board is not None:
         from binforge.boards.platforms import get_board
@@ -62,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
         platform = get_board(args.board).platform()
     try:
         with atomic_output_dir(args.out) as folder:
-            desc = generate(net, args.rows, args.cols, args.simd, folder, relay=args.relay,
+            desc = generate(net, args.rows, args.cols, args.simd, folder, relay=relay,
                             gain_mode=args.gains, max_bram_bits=limit, platform=platform)
             write_report(folder, "hw", network=net.name, rows=args.rows, cols=args.cols,
-                         simd=args.simd, relay=args.relay, gains=args.gains,
+                         simd=args.simd, relay=relay, gains=args.gains,
                          gain_format=desc["gain_format"], lanes=desc["lanes"],
                          cycles=desc["cycles"]["total"], ideal_cycles=desc["cycles"]["ideal"],
                          memory_bits=desc["memory_bits_total"], skew_advice=desc["skew_advice"],
@@ -75,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         raise BinforgeError(f"cannot map {net.name!r} onto the array: {exc}") from None
     bits = desc["memory_bits"]
     print(f"network    {net.name} ({len(net.layers)} layers, {net.num_classes} classes)")
-    print(f"array      {args.rows} x {args.cols} PEs x {args.simd} bits = {desc['lanes']} lanes")
+    print(f"array      {args.rows} x {args.cols} PEs x {args.simd} bits = {desc['lanes']} lanes, "
+          f"relay {relay}{auto_note}")
     print(f"cycles     {desc['cycles']['total']} per image (busy array alone: {desc['cycles']['ideal']})")
     print(f"memory     {desc['memory_bits_total']} bits: " + ", ".join(f"{k} {v}" for k, v in bits.items()))
     advice = desc["skew_advice"]

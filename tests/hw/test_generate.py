@@ -5,7 +5,7 @@ import json
 import pytest
 from binforge.compiler import ir
 from binforge.hw.generate import PORTS, TOP_NAME, generate
-from binforge.hw.plan import analytic_cycles
+from binforge.hw.plan import analytic_cycles, plan_network, skew_advice
 from networks import small_network, strided_first_network
 
 from binforge.cli import main
@@ -41,6 +41,33 @@ def test_hw_command(net, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "cycles" in out
     assert report["skew_advice"] is None and "--relay" not in out  # 2 x 2 at relay 4: no skew
+
+
+def test_hw_command_chooses_the_relay_by_default(tmp_path, capsys):
+    net = small_network(5, shape=(1, 6, 6), channels=(4, 6, 4), act_planes=(1, 1, 1))
+    ir.save(net, tmp_path / "net")
+    # 2 x 16 PEs: at relay 4 the columns' skew (3) outlasts the shortest groups
+    assert main(["hw", str(tmp_path / "net"), "--rows", "2", "--cols", "16", "--simd", "2",
+                 "--out", str(tmp_path / "hw")]) == 0
+    desc = json.loads((tmp_path / "hw" / "hw.json").read_text())
+    advice = skew_advice(plan_network(net, 2, 16, 2))
+    assert desc["relay"] == advice["hint"] == 8 and desc["cycles"]["total"] == advice["hint_cycles"]
+    assert json.loads((tmp_path / "hw" / "report.json").read_text())["relay"] == 8
+    out = capsys.readouterr().out
+    assert (f"relay 8 (auto: at relay 4 the array's skew would add {advice['skew_cycles']} cycles per "
+            "image)") in out
+    assert main(["hw", str(tmp_path / "net"), "--rows", "2", "--cols", "2", "--simd", "2",
+                 "--out", str(tmp_path / "small")]) == 0
+    assert json.loads((tmp_path / "small" / "hw.json").read_text())["relay"] == 4
+    assert "relay 4 (auto)" in capsys.readouterr().out
+
+
+def test_hw_command_refuses_a_relay_that_is_not_a_number(tmp_path, capsys):
+    net = small_network(5)
+    ir.save(net, tmp_path / "net")
+    assert main(["hw", str(tmp_path / "net"), "--relay", "x", "--out", str(tmp_path / "hw")]) == 2
+    assert "--relay must be a positive integer or auto, not 'x'" in capsys.readouterr().err
+    assert not (tmp_path / "hw").exists()
 
 
 def test_hw_command_names_the_relay_when_skew_sets_the_pace(tmp_path, capsys):
