@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from binforge.errors import BinforgeError
 
-__all__ = ["YOWASP_TOOLS", "CARRY_ENDS_STEP", "yowasp_command", "use_yowasp_tools", "BuildStep", "run_build_plan"]
+__all__ = ["YOWASP_TOOLS", "CARRY_ENDS_STEP", "nextpnr_status", "yowasp_command", "use_yowasp_tools", "BuildStep", "run_build_plan"]
 
 #: Amaranth's environment variable for each tool -> the YoWASP command that provides it.
 YOWASP_TOOLS: dict[str, str] = {
@@ -86,6 +87,40 @@ class BuildStep:
     log: str
 
 
+#: Seconds between looks at a running tool's log for its progress.
+PROGRESS_POLL_SECONDS = 2.0
+
+_PLACER_INITIAL = re.compile(r"at initial placer iter (\d+)")
+_PLACER = re.compile(r"at iteration #(\d+): temp")
+_ROUTER1 = re.compile(r"Info:\s+\d+ \|\s+\d+\s+\d+ \|\s+\d+\s+\d+ \|\s+(\d+)\|")
+_ROUTER2 = re.compile(r"iter=(\d+) wires=\d+ overused=(\d+)")
+
+
+def nextpnr_status(text: str) -> str | None:
+    """Where a nextpnr run is, from the end of its log: placing or routing and how far
+    (``None`` when the text says neither)."""
+    for line in reversed(text.splitlines()):
+        if m := _ROUTER1.search(line):
+            return f"routing, {int(m.group(1)):,} arcs left"
+        if m := _ROUTER2.search(line):
+            return f"routing (router2 iteration {m.group(1)}), {int(m.group(2)):,} wires overused"
+        if m := _PLACER.search(line):
+            return f"placing (iteration {m.group(1)})"
+        if m := _PLACER_INITIAL.search(line):
+            return f"placing (analytic, iteration {m.group(1)})"
+    return None
+
+
+def _log_tail(path: Path, size: int = 4096) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _after_synthesis(commands: list[list[str]], build_dir: Path) -> list[BuildStep]:
     """Netlist passes between Yosys and the place-and-route tool: for nextpnr-ecp5, the
     carry chains' unused ends opened (:func:`binforge.boards.carry_ends.open_carry_ends`)."""
@@ -133,9 +168,20 @@ def run_build_plan(plan, build_dir: str | os.PathLike, *, progress: bool = True)
                                 f"YoWASP package for it from PyPI or set {tool_env_var(tool)}")
         log_path = build_dir / f"{tool}.log"
         start = time.monotonic()
+        # nextpnr's own log (``--log``) says where placement and routing are: shown on the bar
+        progress_log = build_dir / argv[argv.index("--log") + 1] if "--log" in argv[:-1] else None
         with open(log_path, "w") as log:
-            result = subprocess.run([executable, *argv[1:]], cwd=build_dir, stdout=log,
+            proc = subprocess.Popen([executable, *argv[1:]], cwd=build_dir, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            while True:
+                try:
+                    proc.wait(timeout=PROGRESS_POLL_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    status = nextpnr_status(_log_tail(progress_log)) if progress_log else None
+                    if status:
+                        bar.set_postfix_str(f"{step}: {status}")
+        result = proc
         seconds = time.monotonic() - start
         if result.returncode != 0:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])

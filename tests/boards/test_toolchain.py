@@ -1,0 +1,60 @@
+"""Running a build plan's tools in order: progress from nextpnr's log, a failing step named."""
+
+import json
+import os
+import stat
+
+import binforge.boards.toolchain as toolchain
+import pytest
+
+from binforge.errors import BinforgeError
+
+ROUTER1 = "Info:     60000 |    22170      37829 |  308   692 |    140234|       2.36     224.34|"
+ROUTER2 = "Info:     iter=9 wires=924546 overused=20007 overuse=20715 archfail=NA"
+
+
+@pytest.mark.parametrize("line, status", [
+    (ROUTER1, "routing, 140,234 arcs left"),
+    (ROUTER2, "routing (router2 iteration 9), 20,007 wires overused"),
+    ("Info:   at iteration #5: temp = 0.000000, timing cost = 1369, wirelen = 615295", "placing (iteration 5)"),
+    ("Info:     at initial placer iter 3, wirelen = 14781", "placing (analytic, iteration 3)"),
+    ("Info: Packing carries...", None),
+])
+def test_nextpnr_status_reads_the_last_progress_line(line, status):
+    assert toolchain.nextpnr_status(f"Info: Packing IOs..\n{line}\nInfo: something else\n") == status
+
+
+class FakePlan:
+    script = "build_top"
+
+    def __init__(self, commands):
+        self.commands = commands
+
+    def extract(self, folder):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"{self.script}.json"), "w") as f:
+            json.dump({"commands": self.commands}, f)
+
+
+def fake_tool(tmp_path, name, body):
+    path = tmp_path / "bin" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def test_progress_comes_from_the_tools_log_and_a_failure_names_its_step(tmp_path, monkeypatch):
+    place = fake_tool(tmp_path, "pnr", f"echo 'Info: at iteration #1: temp = 1' > \"$2\"\nsleep 0.3\n"
+                                       f"echo '{ROUTER1}' >> \"$2\"\nsleep 0.3\n")
+    monkeypatch.setenv("NEXTPNR_ICE40", place)
+    monkeypatch.setenv("ICEPACK", fake_tool(tmp_path, "pack", "echo packing; exit 3\n"))
+    monkeypatch.setattr(toolchain, "PROGRESS_POLL_SECONDS", 0.05)
+    seen = []
+    real = toolchain.nextpnr_status
+    monkeypatch.setattr(toolchain, "nextpnr_status", lambda text: seen.append(real(text)) or seen[-1])
+    plan = FakePlan([["nextpnr-ice40", "--log", "top.tim"], ["icepack", "top.asc"]])
+    with pytest.raises(BinforgeError, match=r"bitstream \(icepack\) failed \(exit status 3\)") as info:
+        toolchain.run_build_plan(plan, tmp_path / "build", progress=False)
+    assert "packing" in str(info.value)  # the end of its log
+    assert "placing (iteration 1)" in seen and "routing, 140,234 arcs left" in seen
