@@ -355,9 +355,10 @@ def _conv_ops_per_logic(conv: dict[str, int] | None, logic: int) -> str:
     return _fmt(conv["binary_ops"] / conv["cycles"] / logic, 4)
 
 
-def _relay(row: dict[str, str]) -> int:
-    """The relay a point was evaluated at (tables written before the column: the default)."""
-    return int(row.get("relay") or DEFAULT_RELAY)
+def _relay(value: str | None) -> int:
+    """The relay a point was evaluated at, from its ``relay`` column (tables written
+    before the column: the default)."""
+    return int(value or DEFAULT_RELAY)
 
 
 # --------------------------------------------------------------------------------------
@@ -596,7 +597,7 @@ def build_point(net: Network, row: dict[str, str], out: str | os.PathLike, *, pr
     from binforge.boards.build import build_for_board
 
     return build_for_board(net, int(row["rows"]), int(row["cols"]), int(row["simd"]), row["board"], out,
-                           relay=_relay(row), progress=progress, source={"explore": row["network"], "net_hash": row["net_hash"]})
+                           relay=_relay(row.get("relay")), progress=progress, source={"explore": row["network"], "net_hash": row["net_hash"]})
 
 
 # --------------------------------------------------------------------------------------
@@ -909,7 +910,7 @@ def _validate(table, sweep_keys, by_digest, k, images, say, simulator, out):
             chosen_images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
         name = f"{by_digest[digest].label}-{r}x{c}x{s}"
         check = validate_shape(net, int(r), int(c), int(s), chosen_images, simulator=simulator,
-                               work_dir=out / "validate" / name, relay=_relay({"relay": relay}))
+                               work_dir=out / "validate" / name, relay=_relay(relay))
         mark = "yes" if check["passed"] else "FAILED"
         updated = []
         for row in rows:

@@ -85,6 +85,8 @@ class BuildStep:
     name: str
     seconds: float
     log: str
+    #: What a netlist pass reports (the carry-chain pass: the carry ins and outs it opened).
+    counts: dict[str, int] | None = None
 
 
 #: Seconds between looks at a running tool's log for its progress.
@@ -133,7 +135,7 @@ def _after_synthesis(commands: list[list[str]], build_dir: Path) -> list[BuildSt
             counts = open_carry_ends(netlist)
             log = build_dir / "carry_ends.log"
             log.write_text("".join(f"{key} {value}\n" for key, value in counts.items()))
-            return [BuildStep(CARRY_ENDS_STEP, round(time.monotonic() - start, 2), log.name)]
+            return [BuildStep(CARRY_ENDS_STEP, round(time.monotonic() - start, 2), log.name, counts)]
     return []
 
 
@@ -181,11 +183,10 @@ def run_build_plan(plan, build_dir: str | os.PathLike, *, progress: bool = True)
                     status = nextpnr_status(_log_tail(progress_log)) if progress_log else None
                     if status:
                         bar.set_postfix_str(f"{step}: {status}")
-        result = proc
         seconds = time.monotonic() - start
-        if result.returncode != 0:
+        if proc.returncode != 0:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-            raise BinforgeError(f"{step} failed (exit status {result.returncode}) after "
+            raise BinforgeError(f"{step} failed (exit status {proc.returncode}) after "
                                 f"{seconds:.0f} s; see {log_path}:\n{tail}")
         steps.append(BuildStep(step, round(seconds, 2), log_path.name))
         if tool == "yosys":
