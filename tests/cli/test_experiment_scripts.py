@@ -108,3 +108,32 @@ def test_seeds_launcher_prints_its_usage_without_arguments():
     done = subprocess.run(["bash", str(ROOT / "experiments" / "pabt_fashion_seeds.sh")],
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 2 and "usage: experiments/pabt_fashion_seeds.sh" in done.stderr
+
+
+def _plot(*args):
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "plot_epoch_curves.py"), *args],
+                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+
+
+def test_epoch_curves_plot_reads_logs_and_marks_a_run_that_stopped_early(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_epoch_curves", ROOT / "experiments" / "plot_epoch_curves.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    log = ("18:14:16 binary epoch 1/20: loss 0.11, train top-1 90.64%, test top-1 90.77%\n"
+           "noise\n18:14:54 binary epoch 2/20: loss 0.07, train top-1 91.98%, test top-1 89.62%\n")  # fmt: skip
+    assert module.curve(log) == ([1, 2], [90.77, 89.62], 20)
+    (tmp_path / "a.log").write_text(log)
+    done = _plot("--out", str(tmp_path / "c.png"), "--target", "92", f"{tmp_path / 'a.log'}=seed 0")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_epoch_curves_plot_refuses_a_log_without_epochs(tmp_path):
+    (tmp_path / "empty.log").write_text("float epoch 1/5: loss 0.44\n")
+    done = _plot("--out", str(tmp_path / "c.png"), str(tmp_path / "empty.log"))
+    assert done.returncode == 2 and "no 'binary epoch" in done.stderr
+    assert not (tmp_path / "c.png").exists()
+    done = _plot("--out", str(tmp_path / "c.png"), str(tmp_path / "missing.log"))
+    assert done.returncode == 2 and "cannot read" in done.stderr
