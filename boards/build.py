@@ -28,7 +28,7 @@ from .fit import check_fit, estimate_fit, relay_advice
 from .platforms import Board, get_board, make_platform
 from .pll import PLLRangeError, solve_pll
 from .report import count_yosys_cells, read_nextpnr_report
-from .toolchain import CARRY_ENDS_STEP, run_build_plan, use_yowasp_tools
+from .toolchain import BRAM_OUTREG_STEP, CARRY_ENDS_STEP, run_build_plan, use_yowasp_tools
 from .top import BoardTop
 from .uart import uart_divisor
 
@@ -220,6 +220,8 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
             for s in steps:
                 if s.name == CARRY_ENDS_STEP:  # the ECP5 netlist pass: carry ins and outs it opened
                     report["carry_ends"] = s.counts
+                if s.name == BRAM_OUTREG_STEP:  # the ECP5 netlist pass: read registers moved into block RAMs
+                    report["bram_outreg"] = s.counts
             report.update(figures.to_json())
             fmax = _sync_fmax(figures, sync_hz)
             report.update(_throughput(fmax, figures, estimate.lanes, cycles, ops, board))

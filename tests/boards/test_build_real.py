@@ -43,13 +43,19 @@ def test_icebreaker_bitstream_with_utilisation_and_fmax(tmp_path):
 
 
 @pytest.mark.slow
-def test_ulx3s_bitstream_with_the_carry_chain_pass(tmp_path):
+def test_ulx3s_bitstream_with_the_netlist_passes(tmp_path):
     net = random_network(1, in_shape=Shape(1, 6, 6), channels=(4, 4), num_classes=4)
     report = build_for_board(net, 2, 2, 16, "ulx3s-85f", tmp_path / "build", progress=False)
     out = tmp_path / "build"
     assert report["built"] is True and (out / "binforge.bit").stat().st_size > 100_000
     assert [s["name"] for s in report["steps"]] == ["synthesis (Yosys)", "carry-chain ends (netlist pass)",
+                                                    "block-RAM output registers (netlist pass)",
                                                     "place and route (nextpnr-ecp5)", "bitstream (ecppack)"]
+    # the block RAMs' read registers: moved into them, or counted as left
+    moved = report["bram_outreg"]
+    assert set(moved) == {"bram_read_ports_registered", "flip_flops_absorbed", "bram_read_ports_left"}
+    assert moved["flip_flops_absorbed"] >= moved["bram_read_ports_registered"]
+    assert report["utilisation"]["bram"]["used"] == 0 or sum(moved.values()) > 0
     # every PE's popcount tree: chains whose first carry in and last carry out were opened
     opened = report["carry_ends"]
     assert opened["carry_in_opened"] >= 4 and opened["carry_out_opened"] >= opened["carry_in_opened"]

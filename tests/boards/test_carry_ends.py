@@ -4,7 +4,7 @@ import json
 
 import pytest
 from binforge.boards.carry_ends import lut4_is_zero, open_carry_ends
-from binforge.boards.toolchain import CARRY_ENDS_STEP, _after_synthesis
+from binforge.boards.toolchain import BRAM_OUTREG_STEP, CARRY_ENDS_STEP, _after_synthesis
 from binforge.hw.pe import _ADD, _FEED
 
 from binforge.errors import BinforgeError
@@ -95,11 +95,13 @@ def test_not_a_netlist_is_a_clear_error(tmp_path):
         open_carry_ends(two)
 
 
-def test_the_build_runs_the_pass_before_nextpnr_ecp5_only(tmp_path):
+def test_the_build_runs_the_passes_before_nextpnr_ecp5_only(tmp_path):
     (tmp_path / "top.json").write_text(json.dumps(netlist({"c": ccu2c(_FEED, [10], ["1"], ["0"], [11], [12])})))
     ecp5 = [["yosys", "-q", "top.ys"], ["nextpnr-ecp5", "--json", "top.json", "--85k"], ["ecppack", "x"]]
-    (step,) = _after_synthesis(ecp5, tmp_path)
+    step, bram_step = _after_synthesis(ecp5, tmp_path)
     assert step.name == CARRY_ENDS_STEP and step.log == "carry_ends.log"
+    assert bram_step.name == BRAM_OUTREG_STEP and bram_step.log == "bram_outreg.log"
+    assert bram_step.counts == {"bram_read_ports_registered": 0, "flip_flops_absorbed": 0, "bram_read_ports_left": 0}
     assert (tmp_path / "carry_ends.log").read_text() == "carry_in_opened 1\ncarry_out_opened 1\n"
     ice40 = [["yosys", "-q", "top.ys"], ["nextpnr-ice40", "--json", "top.json"], ["icepack", "x"]]
     assert _after_synthesis(ice40, tmp_path) == []
