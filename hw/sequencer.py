@@ -304,6 +304,15 @@ class LayerSequencer(wiring.Component):
                         with m.If(merge_read[b]):
                             m.d.comb += addr.eq(request_addr)
                 if b == 2 and banks > 1:
+                    # The write registered, one copy per column: the banks' shared read/write
+                    # address (Yosys gives a bank one port for both: its read register is
+                    # enabled only without a write) then follows a flip-flop and a bank
+                    # compare, not the write request's logic from the sequencer's state.
+                    # Only the image loader writes this memory, and the run starts after it.
+                    image_we = Signal(name=f"image_col{c}_write_en")
+                    image_waddr = Signal(aw, name=f"image_col{c}_write_addr", reset_less=True)
+                    image_wdata = Signal(s, name=f"image_col{c}_write_data", reset_less=True)
+                    m.d.sync += [image_we.eq(write_en[b]), image_waddr.eq(write_addr), image_wdata.eq(write_data)]
                     bank_data = []
                     for k in range(banks):
                         lo = k * bank_depth
@@ -312,8 +321,8 @@ class LayerSequencer(wiring.Component):
                         m.submodules[f"image_col{c}_bank{k}"] = mem
                         rd, wr = mem.read_port(domain="comb"), mem.write_port()
                         bank_we = Signal(name=f"image_col{c}_bank{k}_write")
-                        m.d.comb += [bank_we.eq(write_en[b] & (write_addr[bank_bits:] == k)),
-                                     wr.addr.eq(write_addr[:bank_bits]), wr.data.eq(write_data),
+                        m.d.comb += [bank_we.eq(image_we & (image_waddr[bank_bits:] == k)),
+                                     wr.addr.eq(image_waddr[:bank_bits]), wr.data.eq(image_wdata),
                                      wr.en.eq(bank_we), rd.addr.eq(addr[:bank_bits])]
                         data = Signal(s, name=f"image_col{c}_bank{k}_data", reset_less=True)
                         with m.If(~bank_we):
