@@ -17,10 +17,12 @@
 # FASHION_MNIST (default: Debian's /usr/share/datasets/fashion-mnist) the IDX files;
 # THREADS the CPU threads per run (default: cores / seeds); WIDTH (0.5), EPOCHS (20),
 # ARCH (vgg-small), DATA (fashion-mnist=$FASHION_MNIST), EXTRA (more train options,
-# e.g. "--limit-train 1024") change the recipe.
+# e.g. "--limit-train 1024") change the recipe. PACK=DIR: at the end, each run (and the
+# float twin) also goes to DIR as one .tgz of its folder and log without checkpoint.pt
+# (what a machine that is handed back must send home; an unfinished run's log too).
 set -u
 if [ $# -lt 5 ]; then
-    sed -n 6,21p "$0" >&2
+    sed -n 6,22p "$0" >&2
     exit 2
 fi
 teacher=$1 out=$2 device=$3 seconds=$4
@@ -74,4 +76,15 @@ for seed in "$@"; do
     fi
     tail -n 3 "$run.log"
 done
+if [ -n "${PACK:-}" ]; then
+    mkdir -p "$PACK"
+    for dir in "$teacher" "${@/#/$out/pabt_kd${epochs}s}"; do
+        parent=$(dirname "$dir") name=$(basename "$dir")
+        items=()
+        [ -d "$dir" ] && items+=("$name")
+        [ -f "$dir.log" ] && items+=("$name.log")
+        [ ${#items[@]} -gt 0 ] && tar czf "$PACK/$name.tgz" -C "$parent" --exclude checkpoint.pt "${items[@]}"
+    done
+    echo "packed into $PACK: $(cd "$PACK" && ls -- *.tgz | tr '\n' ' ')"
+fi
 exit $status

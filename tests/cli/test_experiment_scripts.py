@@ -64,10 +64,10 @@ def test_seeds_summary_refuses_a_folder_that_is_not_a_finished_run(tmp_path):
     assert not (tmp_path / "o" / "table.md").exists()
 
 
-def _launch(tmp_path, *seeds, seconds=300):
+def _launch(tmp_path, *seeds, seconds=300, **extra_env):
     env = {**os.environ, "BINFORGE": f"{sys.executable} -m binforge", "DATA": "digits",
            "ARCH": "mlp", "WIDTH": "0.125", "EPOCHS": "3", "THREADS": "1",
-           "EXTRA": "--limit-train 512 --limit-test 120"}  # fmt: skip
+           "EXTRA": "--limit-train 512 --limit-test 120", **extra_env}  # fmt: skip
     return subprocess.run(["bash", str(ROOT / "experiments" / "pabt_fashion_seeds.sh"),
                            str(tmp_path / "float"), str(tmp_path), "cpu", str(seconds),
                            *map(str, seeds)], capture_output=True, text=True, env=env)  # fmt: skip
@@ -95,6 +95,16 @@ def test_seeds_launcher_trains_the_teacher_once_then_every_seed_and_continues_un
     metrics = json.loads((tmp_path / "pabt_kd3s1" / "metrics.json").read_text())
     assert metrics["final_top1"] == finals[1]
     assert (tmp_path / "float.log").read_text().count("float epoch 5/5") == 1
+    # PACK: every run and the teacher as one archive each, without the checkpoint
+    import tarfile
+
+    packed = _launch(tmp_path, 0, 1, PACK=str(tmp_path / "pack"))
+    assert packed.returncode == 0, packed.stdout + packed.stderr
+    assert sorted(p.name for p in (tmp_path / "pack").iterdir()) == ["float.tgz", "pabt_kd3s0.tgz", "pabt_kd3s1.tgz"]
+    with tarfile.open(tmp_path / "pack" / "pabt_kd3s1.tgz") as tar:
+        names = tar.getnames()
+    assert {"pabt_kd3s1/model.pt", "pabt_kd3s1/metrics.json", "pabt_kd3s1.log"} <= set(names)
+    assert not any(name.endswith("checkpoint.pt") for name in names)
 
 
 def test_seeds_launcher_says_which_runs_did_not_finish(tmp_path):
