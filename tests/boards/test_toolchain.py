@@ -58,3 +58,16 @@ def test_progress_comes_from_the_tools_log_and_a_failure_names_its_step(tmp_path
         toolchain.run_build_plan(plan, tmp_path / "build", progress=False)
     assert "packing" in str(info.value)  # the end of its log
     assert "placing (iteration 1)" in seen and "routing, 140,234 arcs left" in seen
+
+
+@pytest.mark.parametrize("every,many", [(0.0, True), (100.0, False)])
+def test_into_a_file_the_bar_is_written_at_most_every_log_interval(tmp_path, monkeypatch, capsys, every, many):
+    place = fake_tool(tmp_path, "pnr", f"echo '{ROUTER1}' > \"$2\"\nsleep 0.4\n")
+    monkeypatch.setenv("NEXTPNR_ICE40", place)
+    monkeypatch.setattr(toolchain, "PROGRESS_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(toolchain, "LOG_PROGRESS_SECONDS", every)
+    toolchain.run_build_plan(FakePlan([["nextpnr-ice40", "--log", "top.tim"]]), tmp_path / "build")
+    err = capsys.readouterr().err  # not a terminal
+    # polled about 8 times: every poll written, or only the step's end (the last status)
+    assert (err.count("routing, 140,234 arcs left") >= 3) is many
+    assert err.count("routing, 140,234 arcs left") >= 1 and "1/1" in err
