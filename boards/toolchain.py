@@ -149,6 +149,23 @@ def _after_synthesis(commands: list[list[str]], build_dir: Path) -> list[BuildSt
     return []
 
 
+def _follow(proc, progress_log: Path | None, bar, step: str, interactive: bool, shown: float) -> float:
+    """Wait for ``proc``, showing where nextpnr is (from its log) on the bar: at every poll
+    on a terminal, at most every LOG_PROGRESS_SECONDS otherwise. Returns when the bar was
+    last written."""
+    while True:
+        try:
+            proc.wait(timeout=PROGRESS_POLL_SECONDS)
+            return shown
+        except subprocess.TimeoutExpired:
+            status = nextpnr_status(_log_tail(progress_log)) if progress_log else None
+            if status:
+                bar.set_postfix_str(f"{step}: {status}", refresh=False)
+                if interactive or time.monotonic() - shown >= LOG_PROGRESS_SECONDS:
+                    bar.refresh()
+                    shown = time.monotonic()
+
+
 def run_build_plan(plan, build_dir: str | os.PathLike, *, progress: bool = True) -> list[BuildStep]:
     """Extract an Amaranth build plan into ``build_dir`` and run its commands in order.
 
@@ -190,17 +207,12 @@ def run_build_plan(plan, build_dir: str | os.PathLike, *, progress: bool = True)
         with open(log_path, "w") as log:
             proc = subprocess.Popen([executable, *argv[1:]], cwd=build_dir, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            while True:
-                try:
-                    proc.wait(timeout=PROGRESS_POLL_SECONDS)
-                    break
-                except subprocess.TimeoutExpired:
-                    status = nextpnr_status(_log_tail(progress_log)) if progress_log else None
-                    if status:
-                        bar.set_postfix_str(f"{step}: {status}", refresh=False)
-                        if interactive or time.monotonic() - shown >= LOG_PROGRESS_SECONDS:
-                            bar.refresh()
-                            shown = time.monotonic()
+            try:
+                shown = _follow(proc, progress_log, bar, step, interactive, shown)
+            except BaseException:  # interrupted or terminated: the tool does not run on alone
+                proc.kill()
+                proc.wait()
+                raise
         seconds = time.monotonic() - start
         if proc.returncode != 0:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])

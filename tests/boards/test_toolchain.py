@@ -71,3 +71,49 @@ def test_into_a_file_the_bar_is_written_at_most_every_log_interval(tmp_path, mon
     # polled about 8 times: every poll written, or only the step's end (the last status)
     assert (err.count("routing, 140,234 arcs left") >= 3) is many
     assert err.count("routing, 140,234 arcs left") >= 1 and "1/1" in err
+
+
+def test_an_interrupted_build_stops_its_tool(tmp_path, monkeypatch):
+    pid_file = tmp_path / "tool.pid"
+    slow = fake_tool(tmp_path, "pnr", f"echo $$ > {pid_file}\nexec sleep 30\n")
+    monkeypatch.setenv("NEXTPNR_ICE40", slow)
+    monkeypatch.setattr(toolchain, "PROGRESS_POLL_SECONDS", 0.05)
+
+    def interrupt(text):
+        if pid_file.exists() and pid_file.read_text().strip():
+            raise KeyboardInterrupt
+        return None
+
+    monkeypatch.setattr(toolchain, "nextpnr_status", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        toolchain.run_build_plan(FakePlan([["nextpnr-ice40", "--log", "top.tim"]]), tmp_path / "build",
+                                 progress=False)  # fmt: skip
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not left running
+        os.kill(pid, 0)
+
+
+def test_sigterm_unwinds_a_command_and_removes_its_unfinished_output(tmp_path, monkeypatch, capsys):
+    import argparse
+    import signal
+
+    import binforge.cli as cli
+    from binforge.outdir import atomic_output_dir
+
+    def run(args):
+        with atomic_output_dir(tmp_path / "out") as tmp:
+            (tmp / "half.txt").write_text("half-written")
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("not reached")
+
+    def parser():
+        p = argparse.ArgumentParser(prog="binforge")
+        p.set_defaults(run=run)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main([]) == 143
+    assert "binforge: terminated" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary
+    assert signal.getsignal(signal.SIGTERM) is before
