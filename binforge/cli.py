@@ -48,7 +48,10 @@ def _terminate(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = None
     try:
         return int(args.run(args) or 0)
     except BinforgeError as exc:
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print("binforge: terminated", file=sys.stderr)
         return 143
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -117,3 +117,22 @@ def test_sigterm_unwinds_a_command_and_removes_its_unfinished_output(tmp_path, m
     assert "binforge: terminated" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_main_outside_the_main_thread_leaves_signals_alone(monkeypatch):
+    import argparse
+    import threading
+
+    import binforge.cli as cli
+
+    def parser():
+        p = argparse.ArgumentParser(prog="binforge")
+        p.set_defaults(run=lambda args: 7)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    result = []
+    thread = threading.Thread(target=lambda: result.append(cli.main([])))
+    thread.start()
+    thread.join()
+    assert result == [7]
