@@ -32,6 +32,9 @@ from .toolchain import BRAM_OUTREG_STEP, CARRY_ENDS_STEP, run_build_plan, use_yo
 from .top import BoardTop
 from .uart import uart_divisor
 
+#: report.json's key for each netlist pass's counts.
+_PASS_REPORT_KEYS = {CARRY_ENDS_STEP: "carry_ends", BRAM_OUTREG_STEP: "bram_outreg"}
+
 __all__ = ["DEFAULT_BAUD", "DESIGN_NAME", "toolchain_overrides", "binary_ops_per_image", "board_pll",
            "prepare_board_build", "build_for_board"]
 
@@ -217,11 +220,9 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
             report["built"] = True
             report["bitstream"] = bitstream
             report["steps"] = [{"name": s.name, "seconds": s.seconds, "log": f"build/{s.log}"} for s in steps]
-            for s in steps:
-                if s.name == CARRY_ENDS_STEP:  # the ECP5 netlist pass: carry ins and outs it opened
-                    report["carry_ends"] = s.counts
-                if s.name == BRAM_OUTREG_STEP:  # the ECP5 netlist pass: read registers moved into block RAMs
-                    report["bram_outreg"] = s.counts
+            for s in steps:  # the ECP5 netlist passes: what each changed
+                if s.name in _PASS_REPORT_KEYS:
+                    report[_PASS_REPORT_KEYS[s.name]] = s.counts
             report.update(figures.to_json())
             fmax = _sync_fmax(figures, sync_hz)
             report.update(_throughput(fmax, figures, estimate.lanes, cycles, ops, board))

