@@ -28,6 +28,24 @@ def _addr_width(depth: int) -> int:
     return max(1, (depth - 1).bit_length())
 
 
+def _lanes_below(m, value, lanes: int):
+    """``lanes`` bits, bit ``i`` set where ``i < value`` (``value`` signed): a thermometer
+    code decoded from ``value``'s low ``log2(lanes)`` bits, all ones when ``value >= lanes``
+    and all zeros when it is negative. Each lane compares ``log2(lanes)`` bits with a
+    constant (a LUT or two), not the whole signed value (a carry chain per lane). (A
+    ``Switch`` over the low bits says the same, but made YoWASP's ABC9 stop without a
+    message on ECP5 at 32 and 64 lanes.)"""
+    log = lanes.bit_length() - 1
+    out = Signal(lanes)
+    low = Signal(lanes)
+    for lane in range(lanes):
+        m.d.comb += low[lane].eq(value[:log] > lane)
+    negative = value[-1]
+    big = value[log:-1].any() if len(value) - 1 > log else Const(0, 1)
+    m.d.comb += out.eq(Mux(negative, 0, Mux(big, (1 << lanes) - 1, low)))
+    return out
+
+
 class OutputStage(wiring.Component):
     """Drains group results: thresholds with flip to bits, or affine logits with argmax.
 
@@ -306,27 +324,34 @@ class OutputStage(wiring.Component):
         d2_logit_valid = Signal()
         d2_valid, d2_affine, d2_fill, d2_last = Signal(), Signal(), Signal(), Signal()
         d2_addr = Signal.like(d1_addr)
-        d2_offset = Signal.like(d1_offset)
         d2_idx = Signal.like(d1_idx)
         m.d.sync += [d2_bits.eq(bits), d2_logit.eq(logit), d2_logit_valid.eq(c_entry.valid),
                      d2_valid.eq(c_valid & ~self.layer_start), d2_affine.eq(c_affine),
                      d2_fill.eq(c_fill), d2_last.eq(c_last & ~self.layer_start),
-                     d2_addr.eq(c_addr), d2_offset.eq(c_offset), d2_idx.eq(c_idx)]
+                     d2_addr.eq(c_addr), d2_idx.eq(c_idx)]
         # Lanes ``offset .. offset + rows_valid - 1`` take rows ``0 .. rows_valid - 1``: one
         # shifter for the word (the rows shifted right by ``s - offset``, zeros around them)
-        # and two compares against the lane's constant index, not an R:1 multiplexer per lane.
-        d2_shift = Signal(len(d1_offset) + 1)  # s - offset (>= 1: offset < s)
-        d2_end = Signal(signed(len(d1_offset) + 1))  # offset + rows_valid
-        m.d.sync += [d2_shift.eq(s - c_offset), d2_end.eq(c_offset + c_rows_valid)]
+        # and two lane masks, not an R:1 multiplexer per lane. The masks are thermometer
+        # codes decoded from the low bits of ``offset`` and ``offset + rows_valid`` (a
+        # LUT or two per lane), not a compare per lane (a carry chain each). The shift is
+        # clamped to ``s + rows`` (every row shifted out) so the shifter has few stages.
+        end = Signal(signed(len(d1_offset) + 1))  # offset + rows_valid
+        m.d.comb += end.eq(c_offset + c_rows_valid)
+        d2_started = Signal(s)  # lane >= offset
+        d2_before_end = Signal(s)  # lane < offset + rows_valid
+        m.d.sync += [d2_started.eq(~_lanes_below(m, c_offset, s)),
+                     d2_before_end.eq(_lanes_below(m, end, s))]
+        shift_bits = (s + rows).bit_length()
+        shift = Signal(len(d1_offset) + 1)  # s - offset (>= 1: offset < s)
+        m.d.comb += shift.eq(s - c_offset)
+        d2_shift = Signal(shift_bits)
+        m.d.sync += d2_shift.eq(Mux(shift[shift_bits:].any(), (1 << shift_bits) - 1, shift[:shift_bits]))
         placed = Signal(s)
         m.d.comb += placed.eq((Cat(Const(0, s), d2_bits) >> d2_shift)[:s])
         lane_data = Signal(s)
         lane_en = Signal(s)
-        for lane in range(s):
-            started = d2_offset <= lane
-            before_end = d2_end > lane
-            m.d.comb += [lane_en[lane].eq(started & (before_end | d2_fill)),
-                         lane_data[lane].eq(placed[lane] & before_end)]
+        m.d.comb += [lane_en.eq(d2_started & (d2_before_end | d2_fill.replicate(s))),
+                     lane_data.eq(placed & d2_before_end)]
 
         # ---- D3: registered writes --------------------------------------------------------
         m.d.sync += [

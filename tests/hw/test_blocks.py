@@ -3,14 +3,14 @@ against plain-Python references of the layouts in ``binforge.hw.plan``."""
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import memory
 from amaranth.sim import Simulator
 from binforge.compiler import ir
 from binforge.compiler.random_network import random_conv, random_linear
 from binforge.hw.descriptor import DescriptorFormat
 from binforge.hw.maxpool import BitMaxPool
-from binforge.hw.output_stage import ARGMAX_LATENCY, OutputStage, RunningArgmax
+from binforge.hw.output_stage import ARGMAX_LATENCY, OutputStage, RunningArgmax, _lanes_below
 from binforge.hw.plan import ARGMAX_TAIL_CYCLES, DRAIN_TAIL_CYCLES, plan_network, tensor_layouts
 from binforge.hw.window import WindowGenerator
 from binforge.sim.golden import run_network
@@ -215,6 +215,25 @@ def test_output_stage_writes_bits_and_logits(rows, cols, simd, case):
         bits = bits.reshape(p.out_planes, p.out_c, p.out_h, p.out_w)
         want = pack_tensor(bits, layouts[2])
         assert [memory_words.get(a, "unwritten") for a in range(len(want))] == want
+
+
+@pytest.mark.parametrize("lanes,width", [(1, 3), (2, 4), (8, 6), (16, 9), (64, 10)])
+def test_lane_masks_are_the_lanes_below_a_signed_value(lanes, width):
+    """The output stage's thermometer decode: bit i set exactly where i < value, for
+    every value of a signed ``width``-bit signal (negative, inside, at and past the word)."""
+    m = Module()
+    value = Signal(signed(width))
+    mask = _lanes_below(m, value, lanes)
+
+    async def tb(ctx):
+        for v in range(-(1 << (width - 1)), 1 << (width - 1)):
+            ctx.set(value, v)
+            want = sum(1 << i for i in range(lanes) if i < v)
+            assert ctx.get(mask) == want, (v, bin(ctx.get(mask)))
+
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()
 
 
 @pytest.mark.parametrize("seed", range(4))
