@@ -147,3 +147,44 @@ def test_epoch_curves_plot_refuses_a_log_without_epochs(tmp_path):
     assert not (tmp_path / "c.png").exists()
     done = _plot("--out", str(tmp_path / "c.png"), str(tmp_path / "missing.log"))
     assert done.returncode == 2 and "cannot read" in done.stderr
+
+
+def _device(*args, **extra_env):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra_env}
+    return subprocess.run(["bash", str(ROOT / "experiments" / "device_seeds.sh"), *map(str, args)],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+
+
+def test_device_seeds_installs_the_wheels_runs_the_seeds_and_sends_back_archives(tmp_path):
+    """The lent-machine call: wheels installed into WORK/site (binforge from a wheel of
+    this checkout), the float twin and a seed trained, both packed into $OUT without
+    checkpoints, the runs themselves left in WORK for a resumed call."""
+    import tarfile
+
+    carry = tmp_path / "carry"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(carry / "wheels"), str(ROOT)], capture_output=True, text=True)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    done = _device("run", carry, work, 300, 0, OUT=str(out), DEVICE="cpu", DATA="digits", ARCH="mlp",
+                   WIDTH="0.125", EPOCHS="3", THREADS="1", EXTRA="--limit-train 512 --limit-test 120")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "seed 0: finished" in done.stdout
+    assert (work / "site" / "binforge").is_dir()
+    assert sorted(p.name for p in out.iterdir()) == ["float5_w0.125.tgz", "pabt_kd3s0.tgz"]
+    with tarfile.open(out / "pabt_kd3s0.tgz") as tar:
+        names = tar.getnames()
+    assert {"pabt_kd3s0/model.pt", "pabt_kd3s0/metrics.json", "pabt_kd3s0.log"} <= set(names)
+    assert not any(name.endswith("checkpoint.pt") for name in names)
+    assert (work / "runs" / "pabt_kd3s0" / "model.pt").is_file()
+
+
+def test_device_seeds_refuses_without_out_and_prepare_names_missing_data(tmp_path):
+    done = _device("run", tmp_path, tmp_path / "work", 10, 0, OUT="")
+    assert done.returncode != 0 and "OUT must name the folder" in done.stderr
+    prepared = _device("prepare", tmp_path / "carry", FASHION_MNIST=str(tmp_path))
+    assert prepared.returncode == 1 and "set FASHION_MNIST to the folder of the IDX files" in prepared.stderr
+    assert not list((tmp_path / "carry" / "wheels").iterdir())
+    usage = _device()
+    assert usage.returncode == 2 and "experiments/device_seeds.sh run DIR WORK SECONDS SEED" in usage.stderr
