@@ -12,7 +12,7 @@ from amaranth.hdl import Cat, Const, Instance, Module, Mux, Signal, signed, unsi
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["GainFormat", "XnorPopcountPE", "popcount_depth"]
+__all__ = ["GainFormat", "XnorPopcountPE", "popcount_depth", "reads_late", "split_low_width"]
 
 #: Popcount trees: ``"adders"`` (generic logic), ``"ccu2c"`` (ECP5 carry chains; plain logic
 #: with the primitive's behaviour elsewhere, for simulation), ``"auto"`` (``"ccu2c"`` on ECP5).
@@ -292,6 +292,24 @@ class GainFormat:
         return f"GainFormat({list(self._gains)!r})"
 
 
+def split_low_width(simd: int, acc_width: int, gain_format: GainFormat) -> int | None:
+    """Bits of a split accumulator's low half (``None``: never split): the high half keeps
+    at least 2 bits, the low half holds a term and the bits one Horner step shifts out."""
+    if gain_format.kind == "sign":
+        return None  # no shifts: one carry chain across the whole width is cheaper
+    term_width = (simd * gain_format.largest).bit_length() + 1
+    low = max(term_width, gain_format.max_step, (acc_width + 1) // 2)
+    return low if low <= acc_width - 2 else None
+
+
+def reads_late(simd: int, acc_width: int, gain_format: GainFormat) -> bool:
+    """Whether a PE's split accumulator (where it splits: off ECP5 by default) takes the
+    Horner term unregistered and is read a cycle after the last term: its flip-flops then
+    each hold one sum LUT's output, which an iCE40 logic cell packs with them, and
+    ``first`` zeroes the shifted value inside the shift's multiplexer LUTs."""
+    return gain_format.kind == "horner" and split_low_width(simd, acc_width, gain_format) is not None
+
+
 class XnorPopcountPE(wiring.Component):
     """XNOR-popcount processing element with a pipelined popcount tree.
 
@@ -413,10 +431,14 @@ class XnorPopcountPE(wiring.Component):
         split accumulator (``accumulator`` ``"split"``, or ``"auto"`` off ECP5) is split
         where the high half keeps at least 2 bits and the low half holds a term and the
         bits one Horner step shifts out of it."""
-        if self._gain_format.kind == "sign":
-            return None  # no shifts: one carry chain across the whole width is cheaper
-        low = max(self.term_width, self._gain_format.max_step, (self._acc_width + 1) // 2)
-        return low if low <= self._acc_width - 2 else None
+        return split_low_width(self._simd, self._acc_width, self._gain_format)
+
+    @property
+    def reads_late(self) -> bool:
+        """Whether a split accumulator (off ECP5 with ``accumulator="auto"``) takes the
+        Horner term unregistered and is read a cycle after the last term
+        (:func:`reads_late`). Same latency."""
+        return reads_late(self._simd, self._acc_width, self._gain_format)
 
     def elaborate(self, platform):
         m = Module()
@@ -451,32 +473,41 @@ class XnorPopcountPE(wiring.Component):
         if not chains or s == 1:
             count = level[0]
 
-        # Scale by the gain (registered), then accumulate. A negative term is held as the
-        # magnitude's ones' complement, ``neg`` adding the missing 1 as the accumulator
-        # adder's carry in: no negation adder.
+        # Scale by the gain, then accumulate. A negative term is held as the magnitude's
+        # ones' complement, ``neg`` adding the missing 1 as the accumulator adder's carry
+        # in: no negation adder.
         fmt = self._gain_format
-        term = Signal(signed(self.term_width), reset_less=True)
-        neg = Signal(reset_less=True)
-        step = Signal(max(1, len(self.gain) - 1), reset_less=True)
-        if fmt.kind == "multiply":
-            m.d.sync += term.eq(count * self.gain)
-        else:
-            if fmt.kind == "horner":
-                m.d.sync += step.eq(self.gain[1:])
-            magnitude = Signal(self.term_width - 1)
-            m.d.comb += magnitude.eq(count if fmt.kind in ("sign", "horner")
-                                     else count << self.gain[1:])
-            m.d.sync += [term.eq(Cat(magnitude ^ self.gain[0].replicate(len(magnitude)),
-                                     self.gain[0])),
-                         neg.eq(self.gain[0])]
-        last = Signal(reset_less=True)
-        m.d.sync += last.eq(self.last)
-
-        # ``first`` clears the accumulator (a synchronous reset of its flip-flops, no
-        # multiplexer in front of the adder) the cycle before the first term arrives.
         width = self._acc_width
         single = self._accumulator == "single" or (self._accumulator == "auto" and _is_ecp5(platform))
         low = None if single else self.low_width
+        # A split Horner accumulator takes the term the cycle its count is at the root
+        # (no term register) and is read a cycle after its last term (``result`` from the
+        # accumulator's own flip-flops, not from the adder): its sum LUTs then each drive
+        # one flip-flop, which an iCE40 logic cell packs with them, and ``first`` zeroes
+        # the shifted accumulator inside the shift's multiplexer LUTs (no synchronous
+        # reset). The same latency: one register less before the adder, one more after.
+        direct = low is not None and self.reads_late
+        term = Signal(signed(self.term_width), reset_less=True)
+        neg = Signal(reset_less=True)
+        step = Signal(max(1, len(self.gain) - 1), reset_less=True)
+        domain = m.d.comb if direct else m.d.sync
+        if fmt.kind == "multiply":
+            domain += term.eq(count * self.gain)
+        else:
+            if fmt.kind == "horner":
+                domain += step.eq(self.gain[1:])
+            magnitude = Signal(self.term_width - 1)
+            m.d.comb += magnitude.eq(count if fmt.kind in ("sign", "horner")
+                                     else count << self.gain[1:])
+            domain += [term.eq(Cat(magnitude ^ self.gain[0].replicate(len(magnitude)),
+                                   self.gain[0])),
+                       neg.eq(self.gain[0])]
+        last = Signal(reset_less=True)
+        m.d.sync += last.eq(self.last)
+
+        # Otherwise ``first`` clears the accumulator (a synchronous reset of its
+        # flip-flops, no multiplexer in front of the adder) the cycle before the first
+        # term arrives.
         if low is None:
             acc = Signal(signed(width), reset_less=True)
             acc_next = Signal(signed(width))
@@ -516,7 +547,17 @@ class XnorPopcountPE(wiring.Component):
         lo_shifted = Signal(low)  # (lo << step) mod 2**low
         hi_shifted = Signal(signed(high))  # hi << step
         spill = Signal(signed(fmt.max_step + 2))  # carry << step, plus lo's bits shifted out
-        if fmt.kind == "horner":
+        if direct:
+            # the first term's cycle: the accumulator's old value is shifted out entirely
+            with m.If(self.first):
+                m.d.comb += [lo_shifted.eq(0), hi_shifted.eq(0), spill.eq(0)]
+            with m.Else():
+                with m.Switch(step):
+                    for k in range(fmt.max_step + 1):
+                        with m.Case(k) if k < fmt.max_step else m.Default():
+                            m.d.comb += [lo_shifted.eq(lo << k), hi_shifted.eq(hi << k),
+                                         spill.eq(Cat(lo[low - k:], carry).as_signed())]
+        elif fmt.kind == "horner":
             with m.Switch(step):
                 for k in range(fmt.max_step + 1):
                     with m.Case(k) if k < fmt.max_step else m.Default():
@@ -531,17 +572,24 @@ class XnorPopcountPE(wiring.Component):
         lo_next, hi_next, carry_next = Signal(low), Signal(signed(high)), Signal(signed(2))
         m.d.comb += [lo_next.eq(lo_sum[:low]), hi_next.eq(hi_shifted + spill),
                      carry_next.eq(lo_sum[low] - term[-1])]
-        with m.If(self.first):
-            m.d.sync += [lo.eq(0), hi.eq(0), carry.eq(0)]
-        with m.Else():
+        if direct:
             m.d.sync += [lo.eq(lo_next), hi.eq(hi_next), carry.eq(carry_next)]
+        else:
+            with m.If(self.first):
+                m.d.sync += [lo.eq(0), hi.eq(0), carry.eq(0)]
+            with m.Else():
+                m.d.sync += [lo.eq(lo_next), hi.eq(hi_next), carry.eq(carry_next)]
         # The result keeps the halves and the carry; the carry is added into the high half
         # on the way out (an adder outside the recurrence, read by the output stage).
         res_lo = Signal(low, reset_less=True)
         res_hi = Signal(signed(high), reset_less=True)
         res_carry = Signal(signed(2), reset_less=True)
-        with m.If(last):
-            m.d.sync += [res_lo.eq(lo_next), res_hi.eq(hi_next), res_carry.eq(carry_next)]
+        if direct:
+            with m.If(last):  # the last term went in a cycle ago: the sum is in the halves
+                m.d.sync += [res_lo.eq(lo), res_hi.eq(hi), res_carry.eq(carry)]
+        else:
+            with m.If(last):
+                m.d.sync += [res_lo.eq(lo_next), res_hi.eq(hi_next), res_carry.eq(carry_next)]
         res_hi_total = Signal(signed(high))
         m.d.comb += [res_hi_total.eq(res_hi + res_carry),
                      self.result.eq(Cat(res_lo, res_hi_total).as_signed())]

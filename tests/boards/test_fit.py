@@ -176,3 +176,25 @@ def test_a_refusal_names_the_relay_that_saves_the_skew_registers(net):
     # nothing to say where the relay already spans the array, or on LUT counts (ECP5)
     assert estimate_fit(plan_network(net, 8, 1, 8, relay=8), board).relay_saving == 0
     assert estimate_fit(plan, get_board("ulx3s-85f")).relay_saving == 0
+
+
+def test_a_late_read_accumulator_costs_less_per_bit_on_ice40_only(net):
+    """Split Horner PEs (read a cycle after their last term) pack their accumulator's
+    flip-flops with the adder's LUTs on iCE40: the model charges them less per bit."""
+    import dataclasses
+
+    from binforge.boards.fit import LOGIC_MODEL, estimate_logic, gain_logic
+    from binforge.hw.pe import GainFormat, reads_late
+
+    plan = plan_network(net, 4, 1, 16)
+    horner = dataclasses.replace(plan, gain_format=GainFormat.horner(1), pe_width=23)
+    sign = dataclasses.replace(horner, gain_format=GainFormat([1, -1]))
+    assert reads_late(16, 23, GainFormat.horner(1))
+    assert not reads_late(16, 23, GainFormat([1, -1]))  # one chain: no split
+    for family, less in (("ice40", True), ("ecp5", False)):
+        model = LOGIC_MODEL[family]
+        saved = 4 * 23 * (model["per_acc_bit"] - model["per_acc_bit_read_late"])
+        assert (saved > 0) is less
+        gains = 4 * (gain_logic(horner.gain_format, 16) - gain_logic(sign.gain_format, 16))
+        assert estimate_logic(horner, family) == pytest.approx(
+            estimate_logic(sign, family) + (gains - saved) * model["cell_factor"])
