@@ -188,3 +188,44 @@ def test_device_seeds_refuses_without_out_and_prepare_names_missing_data(tmp_pat
     assert not list((tmp_path / "carry" / "wheels").iterdir())
     usage = _device()
     assert usage.returncode == 2 and "experiments/device_seeds.sh run DIR WORK SECONDS SEED" in usage.stderr
+
+
+def _sweep(*args):
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "first_bits_sweep.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+
+
+def test_first_bits_sweep_compiles_each_width_and_counts_its_first_layer_cycles(seed_runs):
+    """Fewer first-layer bits: fewer bit-serial ops and cycles (the rest unchanged), the
+    golden accuracy that `binforge golden` reports for each compiled network, a plot."""
+    from binforge.compiler import ir
+    from binforge.hw.plan import analytic_cycles
+
+    root, runs = seed_runs
+    out = root / "fb"
+    done = _sweep(runs[0], "--out", out, "--bits", "8,4", "--data", "digits", "--rows", 4, "--cols", 1,
+                  "--simd", 8, "--clock-mhz", 12)
+    assert done.returncode == 0, done.stderr[-3000:]
+    points = json.loads((out / "sweep.json").read_text())["points"]
+    assert [p["bits"] for p in points] == [8, 4]
+    pixel_planes = points[0]["first_layer_ops"] // 8
+    assert points[1]["first_layer_ops"] == 4 * pixel_planes
+    assert points[1]["first_layer_cycles"] < points[0]["first_layer_cycles"]
+    assert points[0]["cycles"] - points[0]["first_layer_cycles"] == points[1]["cycles"] - points[1]["first_layer_cycles"]
+    for p in points:
+        report = json.loads((out / "golden" / f"fb{p['bits']}" / "report.json").read_text())
+        assert p["golden_top1"] == report["accuracy"] and report["images"] == p["images"] == 360  # digits test
+        net = ir.load(out / "nets" / f"fb{p['bits']}")
+        assert p["cycles"] == analytic_cycles(net, 4, 1, 8)["total"]
+        assert p["images_per_second"] == pytest.approx(12e6 / p["cycles"])
+    table = (out / "table.md").read_text()
+    assert "| 4 | " in table and (out / "sweep.png").stat().st_size > 0
+
+
+def test_first_bits_sweep_refuses_bad_bits_and_leaves_nothing(tmp_path, seed_runs):
+    _, runs = seed_runs
+    done = _sweep(runs[0], "--out", tmp_path / "o", "--bits", "8,x")
+    assert done.returncode == 2 and "--bits must be integers" in done.stderr
+    missing = _sweep(tmp_path, "--out", tmp_path / "o")
+    assert missing.returncode == 2 and "has no model.pt" in missing.stderr
+    assert not (tmp_path / "o").exists()
