@@ -168,13 +168,17 @@ class LayerSequencer(wiring.Component):
         n_layers = len(plan.layers)
 
         desc = Signal(layout)
+        # The descriptor of the layer that loads next, decoded a cycle ahead into a
+        # register (from ``layer + 1``, or 0 while idle): LOAD and the window generator's
+        # counter set-up read flip-flops, not the layer counter through the descriptor
+        # ROM's decode. ``layer`` is stable for at least a cycle before every LOAD.
         next_desc = Signal(layout)
         layer = Signal(range(n_layers + 1))
         next_layer = Signal(range(n_layers + 1))
         with m.Switch(next_layer):
             for i in range(n_layers):
                 with m.Case(i):
-                    m.d.comb += next_desc.eq(fmt.const(i))
+                    m.d.sync += next_desc.eq(fmt.const(i))
 
         weight_depth = max(1, len(plan.weight_rom))
         m.submodules.weights = weights = memory.Memory(
@@ -202,9 +206,10 @@ class LayerSequencer(wiring.Component):
 
         # ---- FSM ------------------------------------------------------------------------
         load = Signal()
-        m.d.comb += next_layer.eq(layer)
+        m.d.comb += next_layer.eq(layer + 1)
         with m.FSM(name="sequencer"):
             with m.State("IDLE"):
+                m.d.comb += next_layer.eq(0)
                 with m.If(self.start):
                     m.d.sync += layer.eq(0)
                     m.next = "LOAD"
