@@ -57,12 +57,13 @@ def _binforge(*args: str) -> None:
         raise SystemExit(f"binforge {' '.join(args)} failed:\n{done.stderr.strip()}")
 
 
-def sweep_point(args: argparse.Namespace, bits: int) -> dict:
-    """Compile RUN at ``bits``, run the golden model, count cycles: one table row."""
+def sweep_point(args: argparse.Namespace, bits: int, folder: Path) -> dict:
+    """Compile RUN at ``bits`` into ``folder``, run the golden model, count cycles: one
+    table row."""
     from binforge.compiler import ir
     from binforge.hw.plan import analytic_cycles, plan_network
 
-    net_dir, golden_dir = args.out / "nets" / f"fb{bits}", args.out / "golden" / f"fb{bits}"
+    net_dir, golden_dir = folder / "nets" / f"fb{bits}", folder / "golden" / f"fb{bits}"
     _binforge("compile", str(args.run), "--first-bits", str(bits), "--out", str(net_dir))
     golden = ["golden", str(net_dir), "--data", args.data, "--out", str(golden_dir)]
     _binforge(*golden, *(["--limit", str(args.limit)] if args.limit else []))
@@ -115,13 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     from binforge.outdir import atomic_output_dir
 
     args = parse_args(argv)
-    final = args.out
-    with atomic_output_dir(final) as tmp:  # a failed sweep leaves no half-written folder
-        args.out = tmp
-        rows = [sweep_point(args, bits) for bits in tqdm(args.bits, desc="first-layer bits", unit="point")]
-        args.out = final
+    with atomic_output_dir(args.out) as tmp:  # a failed sweep leaves no half-written folder
+        rows = [sweep_point(args, bits, tmp) for bits in tqdm(args.bits, desc="first-layer bits", unit="point")]
         write_outputs(args, rows, tmp)
-    print((final / "table.md").read_text(), end="")
+    print((args.out / "table.md").read_text(), end="")
     return 0
 
 

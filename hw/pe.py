@@ -486,7 +486,7 @@ class XnorPopcountPE(wiring.Component):
         # one flip-flop, which an iCE40 logic cell packs with them, and ``first`` zeroes
         # the shifted accumulator inside the shift's multiplexer LUTs (no synchronous
         # reset). The same latency: one register less before the adder, one more after.
-        direct = low is not None and self.reads_late
+        direct = not single and self.reads_late
         term = Signal(signed(self.term_width), reset_less=True)
         neg = Signal(reset_less=True)
         step = Signal(max(1, len(self.gain) - 1), reset_less=True)
@@ -547,24 +547,25 @@ class XnorPopcountPE(wiring.Component):
         lo_shifted = Signal(low)  # (lo << step) mod 2**low
         hi_shifted = Signal(signed(high))  # hi << step
         spill = Signal(signed(fmt.max_step + 2))  # carry << step, plus lo's bits shifted out
-        if direct:
-            # the first term's cycle: the accumulator's old value is shifted out entirely
-            with m.If(self.first):
-                m.d.comb += [lo_shifted.eq(0), hi_shifted.eq(0), spill.eq(0)]
-            with m.Else():
+
+        def shift():
+            if fmt.kind == "horner":
                 with m.Switch(step):
                     for k in range(fmt.max_step + 1):
                         with m.Case(k) if k < fmt.max_step else m.Default():
                             m.d.comb += [lo_shifted.eq(lo << k), hi_shifted.eq(hi << k),
                                          spill.eq(Cat(lo[low - k:], carry).as_signed())]
-        elif fmt.kind == "horner":
-            with m.Switch(step):
-                for k in range(fmt.max_step + 1):
-                    with m.Case(k) if k < fmt.max_step else m.Default():
-                        m.d.comb += [lo_shifted.eq(lo << k), hi_shifted.eq(hi << k),
-                                     spill.eq(Cat(lo[low - k:], carry).as_signed())]
+            else:
+                m.d.comb += [lo_shifted.eq(lo), hi_shifted.eq(hi), spill.eq(carry)]
+
+        if direct:
+            # the first term's cycle: the accumulator's old value is shifted out entirely
+            with m.If(self.first):
+                m.d.comb += [lo_shifted.eq(0), hi_shifted.eq(0), spill.eq(0)]
+            with m.Else():
+                shift()
         else:
-            m.d.comb += [lo_shifted.eq(lo), hi_shifted.eq(hi), spill.eq(carry)]
+            shift()
         term_low = Signal(signed(low))  # the term sign-extended over the low half
         m.d.comb += term_low.eq(term)
         lo_sum = Signal(low + 1)
@@ -584,12 +585,10 @@ class XnorPopcountPE(wiring.Component):
         res_lo = Signal(low, reset_less=True)
         res_hi = Signal(signed(high), reset_less=True)
         res_carry = Signal(signed(2), reset_less=True)
-        if direct:
-            with m.If(last):  # the last term went in a cycle ago: the sum is in the halves
-                m.d.sync += [res_lo.eq(lo), res_hi.eq(hi), res_carry.eq(carry)]
-        else:
-            with m.If(last):
-                m.d.sync += [res_lo.eq(lo_next), res_hi.eq(hi_next), res_carry.eq(carry_next)]
+        # read late, the last term went in a cycle ago: the sum is in the halves themselves
+        sums = (lo, hi, carry) if direct else (lo_next, hi_next, carry_next)
+        with m.If(last):
+            m.d.sync += [res_lo.eq(sums[0]), res_hi.eq(sums[1]), res_carry.eq(sums[2])]
         res_hi_total = Signal(signed(high))
         m.d.comb += [res_hi_total.eq(res_hi + res_carry),
                      self.result.eq(Cat(res_lo, res_hi_total).as_signed())]
