@@ -9,8 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from amaranth.hdl import Fragment
-from binforge.boards.build import (ICE40_ABC9_WIRE_PS, binary_ops_per_image, build_for_board, ice40_lut_mapping,
-                                   toolchain_overrides)
+from binforge.boards.build import (
+    ICE40_ABC9_WIRE_PS,
+    binary_ops_per_image,
+    build_for_board,
+    ice40_lut_mapping,
+    toolchain_overrides,
+)
 from binforge.boards.fit import bram_blocks, check_fit, estimate_fit
 from binforge.boards.platforms import BOARDS, get_board, make_platform
 from binforge.boards.toolchain import YOWASP_TOOLS, use_yowasp_tools, yowasp_command
