@@ -35,7 +35,7 @@ from .uart import uart_divisor
 #: report.json's key for each netlist pass's counts.
 _PASS_REPORT_KEYS = {CARRY_ENDS_STEP: "carry_ends", BRAM_OUTREG_STEP: "bram_outreg"}
 
-__all__ = ["DEFAULT_BAUD", "DESIGN_NAME", "ICE40_ABC9_WIRE_PS", "ice40_lut_mapping", "toolchain_overrides",
+__all__ = ["DEFAULT_BAUD", "DESIGN_NAME", "ICE40_ABC9_WIRE_PS", "toolchain_overrides",
            "binary_ops_per_image", "board_pll", "prepare_board_build", "build_for_board"]
 
 DEFAULT_BAUD = 115200
@@ -45,29 +45,15 @@ DESIGN_NAME = "binforge"
 _BITSTREAM = {"ice40": "bin", "ecp5": "bit"}
 
 
-#: Wire delay (ps) ABC9 adds per LUT input when it maps iCE40 logic (``abc9 -W``).
-#: ``synth_ice40`` uses 250 ps with the HX1K cell delays (a LUT 0.45 ns, a carry step
-#: 0.13 ns): a LUT level then costs about five carry steps, and ABC9, mapping for the
-#: design's deepest path (a 32-bit carry chain), lets control logic grow to 7-8 LUT
-#: levels. On the UP5K with its routing a LUT level costs about ten carry steps (2.9 ns
-#: against 0.28 ns in nextpnr's timing), which a 1000 ps wire delay gives the HX model.
-#: Measured in docs/RESULTS.md ("Logic depth on the iCE40"): control at most 5 levels,
-#: +11 % Fmax, +1.8 % LUTs.
+#: Wire delay (ps) ABC9 adds per LUT input when it maps iCE40 logic (Yosys's
+#: ``synth_ice40.abc9.W`` scratchpad value, ``abc9 -W``). ``synth_ice40`` uses 250 ps
+#: with the HX1K cell delays (a LUT 0.45 ns, a carry step 0.13 ns): a LUT level then
+#: costs about five carry steps, and ABC9, mapping for the design's deepest path (a
+#: 32-bit carry chain), lets control logic grow to 7-8 LUT levels. On the UP5K with its
+#: routing a LUT level costs about ten carry steps (2.9 ns against 0.28 ns in nextpnr's
+#: timing), which a 1000 ps wire delay gives the HX model. Measured in docs/RESULTS.md
+#: ("Logic depth on the iCE40"): control at most 5 levels, +11 % Fmax, +1.8 % LUTs.
 ICE40_ABC9_WIRE_PS = 1000
-
-
-def ice40_lut_mapping(wire_ps: int = ICE40_ABC9_WIRE_PS) -> list[str]:
-    """Yosys commands that replace ``synth_ice40``'s ``map_luts`` step (run after
-    ``synth_ice40 -run begin:map_luts``): its own commands, with ``abc9 -W wire_ps``."""
-    return ["check -latchonly -assert",
-            "techmap -map +/ice40/latches_map.v",
-            "read_verilog -D ICE40_HX -icells -lib -specify +/ice40/abc9_model.v",
-            f"abc9 -W {int(wire_ps)}",
-            "ice40_wrapcarry -unwrap",
-            "techmap -map +/ice40/ff_map.v",
-            "clean",
-            "opt_lut -tech ice40",
-            f"synth_ice40 -top {DESIGN_NAME} -run map_cells:"]
 
 
 def toolchain_overrides(board: Board, *, seed: int = 1) -> dict[str, str]:
@@ -75,9 +61,8 @@ def toolchain_overrides(board: Board, *, seed: int = 1) -> dict[str, str]:
 
     ``--timing-allow-fail`` lets a build that misses its clock target still finish and
     report the frequency it reached. ECP5 synthesis uses ``-nowidelut`` (fewer LUTs,
-    same Fmax, in the calibration of docs/boards.md). iCE40 synthesis stops before
-    ``synth_ice40``'s LUT mapping and runs it with a wire delay that matches the UP5K's
-    routing (:data:`ICE40_ABC9_WIRE_PS`, :func:`ice40_lut_mapping`), then finishes.
+    same Fmax, in the calibration of docs/boards.md). iCE40 synthesis maps LUTs with a
+    wire delay that matches the UP5K's routing (:data:`ICE40_ABC9_WIRE_PS`).
     """
     if board.flow != "open":
         return {}
@@ -85,8 +70,7 @@ def toolchain_overrides(board: Board, *, seed: int = 1) -> dict[str, str]:
     if board.family == "ecp5":
         overrides["synth_opts"] = "-nowidelut"
     if board.family == "ice40":
-        overrides["synth_opts"] = "-run begin:map_luts"
-        overrides["script_after_synth"] = "\n".join(ice40_lut_mapping())
+        overrides["script_after_read"] = f"scratchpad -set synth_ice40.abc9.W {ICE40_ABC9_WIRE_PS}"
     return overrides
 
 
