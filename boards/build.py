@@ -35,7 +35,7 @@ from .uart import uart_divisor
 #: report.json's key for each netlist pass's counts.
 _PASS_REPORT_KEYS = {CARRY_ENDS_STEP: "carry_ends", BRAM_OUTREG_STEP: "bram_outreg"}
 
-__all__ = ["DEFAULT_BAUD", "DESIGN_NAME", "ICE40_ABC9_WIRE_PS", "toolchain_overrides",
+__all__ = ["DEFAULT_BAUD", "DESIGN_NAME", "ICE40_ABC9_WIRE_PS", "ABC9_WIRE_KEYS", "abc9_wire_ps", "toolchain_overrides",
            "binary_ops_per_image", "board_pll", "prepare_board_build", "build_for_board"]
 
 DEFAULT_BAUD = 115200
@@ -56,21 +56,39 @@ _BITSTREAM = {"ice40": "bin", "ecp5": "bit"}
 ICE40_ABC9_WIRE_PS = 1000
 
 
-def toolchain_overrides(board: Board, *, seed: int = 1) -> dict[str, str]:
+#: Yosys scratchpad key of each open-flow family's ABC9 wire delay (``abc9 -W``).
+ABC9_WIRE_KEYS = {"ice40": "synth_ice40.abc9.W", "ecp5": "synth_lattice.abc9.W"}
+
+
+def abc9_wire_ps(board: Board, requested: int | None = None) -> int | None:
+    """The ABC9 wire delay (ps) a build of ``board`` maps LUTs with: ``requested``, else
+    :data:`ICE40_ABC9_WIRE_PS` on iCE40, else ``None`` (Yosys's own default)."""
+    if board.flow != "open":
+        return None
+    if requested is not None:
+        if not 0 < int(requested) <= 100_000:
+            raise BinforgeError(f"--abc9-wire-ps must be between 1 and 100000 ps, not {requested}")
+        return int(requested)
+    return ICE40_ABC9_WIRE_PS if board.family == "ice40" else None
+
+
+def toolchain_overrides(board: Board, *, seed: int = 1, wire_ps: int | None = None) -> dict[str, str]:
     """Yosys/nextpnr options for ``board``: report json, timing allowed to fail, seed.
 
     ``--timing-allow-fail`` lets a build that misses its clock target still finish and
     report the frequency it reached. ECP5 synthesis uses ``-nowidelut`` (fewer LUTs,
-    same Fmax, in the calibration of docs/boards.md). iCE40 synthesis maps LUTs with a
-    wire delay that matches the UP5K's routing (:data:`ICE40_ABC9_WIRE_PS`).
+    same Fmax, in the calibration of docs/boards.md). LUTs are mapped with ABC9's wire
+    delay :func:`abc9_wire_ps` (``wire_ps``): on iCE40 one that matches the UP5K's
+    routing (:data:`ICE40_ABC9_WIRE_PS`).
     """
     if board.flow != "open":
         return {}
     overrides = {"nextpnr_opts": f"--timing-allow-fail --report report.json --seed {seed}"}
     if board.family == "ecp5":
         overrides["synth_opts"] = "-nowidelut"
-    if board.family == "ice40":
-        overrides["script_after_read"] = f"scratchpad -set synth_ice40.abc9.W {ICE40_ABC9_WIRE_PS}"
+    wire = abc9_wire_ps(board, wire_ps)
+    if wire is not None:
+        overrides["script_after_read"] = f"scratchpad -set {ABC9_WIRE_KEYS[board.family]} {wire}"
     return overrides
 
 
@@ -161,7 +179,8 @@ def prepare_board_build(net, rows: int, cols: int, simd: int, board: Board, *,
 def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: str | Path, *,
                     clock_mhz: float | None = None, baud: int = DEFAULT_BAUD, do_build: bool = True,
                     seed: int = 1, progress: bool = True, source: dict[str, Any] | None = None,
-                    relay: int | None = None, gain_mode: str | None = None) -> dict[str, Any]:
+                    relay: int | None = None, gain_mode: str | None = None,
+                    wire_ps: int | None = None) -> dict[str, Any]:
     """Build ``net`` on an R x C x S array for ``board_name`` into the folder ``out``.
 
     Without ``clock_mhz`` the design runs at the board's oscillator; with it, from the
@@ -171,6 +190,7 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
     constraints, scripts) are written, no tool runs. Returns the report (also written
     as ``out/report.json``). ``relay`` and ``gain_mode`` as ``binforge hw`` took them
     (None: its defaults), so that the board gets the accelerator hw.json describes.
+    ``wire_ps``: ABC9's wire delay for the LUT mapping (:func:`abc9_wire_ps`).
     """
     from binforge.hw.plan import analytic_cycles
 
@@ -182,7 +202,9 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
     platform, top, plan, estimate = prepare_board_build(net, rows, cols, simd, board, baud=baud, pll=pll,
                                                         relay=relay, gain_mode=gain_mode)
     use_yowasp_tools()
-    build_plan = platform.build(top, name=DESIGN_NAME, do_build=False, **toolchain_overrides(board, seed=seed))
+    wire = abc9_wire_ps(board, wire_ps)
+    build_plan = platform.build(top, name=DESIGN_NAME, do_build=False,
+                                **toolchain_overrides(board, seed=seed, wire_ps=wire))
     model = analytic_cycles(plan)
     cycles = int(model["total"])
     image = _image_cycles(plan, cycles)
@@ -195,6 +217,7 @@ def build_for_board(net, rows: int, cols: int, simd: int, board_name: str, out: 
         "source": source or {},
         "clock": _clock_report(board, pll, clock_mhz),
         "uart": {"baud": baud, "divisor": uart_divisor(sync_hz, baud), "serial": board.serial},
+        "synthesis": {"abc9_wire_ps": wire},
         "cycles_per_image": cycles, "image_cycles_with_loading": image, "binary_ops_per_image": ops,
         "binary_conv_layers": conv,
         "fit_estimate": estimate.to_json(),

@@ -43,6 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "board's oscillator, no PLL. iCE40 and ECP5 boards only")
     parser.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"UART baud rate (default {DEFAULT_BAUD})")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    parser.add_argument("--abc9-wire-ps", type=int, metavar="PS",
+                        help="wire delay in ps that Yosys's ABC9 adds per LUT input when it maps the "
+                        "logic (abc9 -W): larger values trade LUTs for fewer LUT levels; default 1000 "
+                        "on iCE40 (matched to the UP5K's routing), Yosys's own (300) on ECP5")
     parser.add_argument("--plan-only", action="store_true",
                         help="check the fit and write the build files without running any tool")
     parser.add_argument("--out", metavar="BUILD", help="output folder (default: build-BOARD)")
@@ -116,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     report = build_for_board(net, rows, cols, simd, args.board, out, clock_mhz=args.clock_mhz,
                              baud=args.baud, seed=args.seed, do_build=not args.plan_only,
                              source={"hw": str(args.hw), "net": str(args.net) if args.net else None},
-                             relay=relay, gain_mode=gain_mode)
+                             relay=relay, gain_mode=gain_mode, wire_ps=args.abc9_wire_ps)
     clock = report["clock"]
     if clock["source"] == "pll":
         dividers = ", ".join(f"{k} {v}" for k, v in clock["pll"]["dividers"].items()
