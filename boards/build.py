@@ -56,13 +56,20 @@ _BITSTREAM = {"ice40": "bin", "ecp5": "bit"}
 ICE40_ABC9_WIRE_PS = 1000
 
 
-#: Yosys scratchpad key of each open-flow family's ABC9 wire delay (``abc9 -W``).
-ABC9_WIRE_KEYS = {"ice40": "synth_ice40.abc9.W", "ecp5": "synth_lattice.abc9.W"}
+#: Yosys scratchpad key of a family's ABC9 wire delay (``abc9 -W``), where Yosys lets
+#: a script set it (``synth_lattice.abc9.W`` is one of its global constants).
+ABC9_WIRE_KEYS = {"ice40": "synth_ice40.abc9.W"}
 
 
 def abc9_wire_ps(board: Board, requested: int | None = None) -> int | None:
     """The ABC9 wire delay (ps) a build of ``board`` maps LUTs with: ``requested``, else
-    :data:`ICE40_ABC9_WIRE_PS` on iCE40, else ``None`` (Yosys's own default)."""
+    :data:`ICE40_ABC9_WIRE_PS` on iCE40, else ``None`` (Yosys's own default). Refuses a
+    request for a family whose wire delay Yosys keeps constant (ECP5) or that has no
+    open flow."""
+    if requested is not None and board.family not in ABC9_WIRE_KEYS:
+        raise BinforgeError(f"--abc9-wire-ps is for iCE40 boards only: Yosys keeps the wire delay of "
+                            f"the {board.title}'s {board.family.upper()} LUT mapping a constant; "
+                            "leave the option out")
     if board.flow != "open":
         return None
     if requested is not None:

@@ -45,8 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     parser.add_argument("--abc9-wire-ps", type=int, metavar="PS",
                         help="wire delay in ps that Yosys's ABC9 adds per LUT input when it maps the "
-                        "logic (abc9 -W): larger values trade LUTs for fewer LUT levels; default 1000 "
-                        "on iCE40 (matched to the UP5K's routing), Yosys's own (300) on ECP5")
+                        "logic (abc9 -W): larger values trade LUTs for fewer LUT levels; iCE40 boards "
+                        "only (default 1000, matched to the UP5K's routing)")
     parser.add_argument("--plan-only", action="store_true",
                         help="check the fit and write the build files without running any tool")
     parser.add_argument("--out", metavar="BUILD", help="output folder (default: build-BOARD)")

@@ -143,8 +143,10 @@ def test_toolchain_options_per_family():
     assert "synth_opts" not in ice
     assert ice["script_after_read"] == f"scratchpad -set synth_ice40.abc9.W {ICE40_ABC9_WIRE_PS}"
     assert "script_after_read" not in toolchain_overrides(get_board("ulx3s-85f"))  # Yosys's default
-    ecp = toolchain_overrides(get_board("ulx3s-85f"), wire_ps=800)
-    assert ecp["script_after_read"] == "scratchpad -set synth_lattice.abc9.W 800"
+    ice = toolchain_overrides(get_board("ice40-hx8k"), wire_ps=800)
+    assert ice["script_after_read"] == "scratchpad -set synth_ice40.abc9.W 800"
+    with pytest.raises(BinforgeError, match="--abc9-wire-ps is for iCE40 boards only"):
+        toolchain_overrides(get_board("ulx3s-85f"), wire_ps=800)
     assert toolchain_overrides(get_board("arty-a7-35")) == {}
     with pytest.raises(BinforgeError, match="--abc9-wire-ps must be between 1 and 100000 ps, not 0"):
         toolchain_overrides(get_board("icebreaker"), wire_ps=0)
@@ -152,10 +154,12 @@ def test_toolchain_options_per_family():
 
 def test_build_reports_the_wire_delay_it_synthesised_with(tmp_path):
     net = random_network(5, in_shape=Shape(1, 4, 4), channels=(), pool=False)
-    report = build_for_board(net, 2, 1, 8, "orangecrab", tmp_path / "b", do_build=False, progress=False,
+    report = build_for_board(net, 2, 1, 8, "ice40-hx8k", tmp_path / "b", do_build=False, progress=False,
                              wire_ps=700)
     assert report["synthesis"] == {"abc9_wire_ps": 700}
-    assert "scratchpad -set synth_lattice.abc9.W 700" in (tmp_path / "b" / "build" / "binforge.ys").read_text()
+    assert "scratchpad -set synth_ice40.abc9.W 700" in (tmp_path / "b" / "build" / "binforge.ys").read_text()
+    report = build_for_board(net, 2, 1, 8, "orangecrab", tmp_path / "e", do_build=False, progress=False)
+    assert report["synthesis"] == {"abc9_wire_ps": None}
 
 
 def test_ice40_wire_delay_is_a_knob_of_the_installed_yosys():
