@@ -104,13 +104,6 @@ class DescriptorFormat:
             "adv_base_wrap": ((dy + 1) * s_ * w_ + (dx - p.out_w) * s_) * cw,
             "pad_full": pad_full, "pad_last": pad_last,
             "guard_full": p.guard_full, "guard_last": p.guard_last,
-            # one-bit facts of the fields above, precomputed so the window generator's
-            # loop control reads flip-flops instead of comparing descriptor fields
-            "opl0": int(p.ops == 1), "khl0": int(p.kh == 1), "kwl0": int(p.kw == 1), "cwl0": int(cw == 1),
-            "cgl0": int(p.channel_groups == 1), "pgl0": int(p.position_groups == 1),
-            "guard_full_nz": int(p.guard_full != 0), "guard_last_nz": int(p.guard_last != 0),
-            "guard_full_1": int(p.guard_full == 1), "guard_last_1": int(p.guard_last == 1),
-            "wrap0": [int(x >= p.out_w * s_ - p.padding - dx * s_) for x in xi0],
             "last_colsl": p.last_cols - 1,
             "planesl": max(p.out_planes, 1) - 1, "drain_wordsl": max(p.drain_words, 1) - 1,
             "out_dense": int(p.out_dense), "out_pos_stride": p.out_pos_stride,
@@ -133,12 +126,11 @@ class DescriptorFormat:
         keys = ["affine", "rmw", "opl", "op_base", "khl", "kwl", "cwl", "cgl", "pgl", "weight_base",
                 "weight_group_step", "tap_row_step", "in_h", "in_w", "adv_dx", "adv_wrap_at",
                 "adv_dx_wrap", "adv_dy", "adv_dy1", "adv_base", "adv_base_wrap", "pad_full", "pad_last",
-                "guard_full", "guard_last", "opl0", "khl0", "kwl0", "cwl0", "cgl0", "pgl0",
-                "guard_full_nz", "guard_last_nz", "guard_full_1", "guard_last_1", "last_colsl", "planesl", "drain_wordsl", "out_dense",
+                "guard_full", "guard_last", "last_colsl", "planesl", "drain_wordsl", "out_dense",
                 "out_pos_stride", "out_plane_bits", "out_pg_bits", "out_c", "const_base",
                 "const_group_step", "hw_out",
                 "kl", "pool_planes_l", "pool_out_hl", "pool_out_wl", "pool_x_step", "pool_y_step",
                 "pool_row_step", "pool_plane_step"]
         blank = {k: 0 for k in keys}
-        blank.update(yi0=[0] * cols, xi0=[0] * cols, base=[0] * cols, wrap0=[0] * cols)
+        blank.update(yi0=[0] * cols, xi0=[0] * cols, base=[0] * cols)
         return blank

@@ -168,17 +168,13 @@ class LayerSequencer(wiring.Component):
         n_layers = len(plan.layers)
 
         desc = Signal(layout)
-        # The descriptor of the layer that loads next, decoded two cycles ahead into a
-        # register: ``layer + 1`` (0 while finishing or idle) into a register of its own,
-        # then its descriptor ROM entry (a LUT per bit) into ``next_desc``. LOAD and the
-        # window generator's counter set-up read flip-flops, neither the layer counter's
-        # increment nor the ROM's decode. ``layer`` is stable for at least two cycles
-        # before every LOAD (a layer runs longer; FINISH and IDLE set 0 before any start).
+        # The descriptor of the layer that loads next, decoded a cycle ahead into a
+        # register (from ``layer + 1``, or 0 while idle): LOAD and the window generator's
+        # counter set-up read flip-flops, not the layer counter through the descriptor
+        # ROM's decode. ``layer`` is stable for at least a cycle before every LOAD.
         next_desc = Signal(layout)
         layer = Signal(range(n_layers + 1))
-        next_layer_comb = Signal(range(n_layers + 1))
         next_layer = Signal(range(n_layers + 1))
-        m.d.sync += next_layer.eq(next_layer_comb)
         with m.Switch(next_layer):
             for i in range(n_layers):
                 with m.Case(i):
@@ -210,30 +206,13 @@ class LayerSequencer(wiring.Component):
 
         # ---- FSM ------------------------------------------------------------------------
         load = Signal()
-        # The window generator's and the pool engine's start pulses (the LOAD cycle of a
-        # compute or a pool layer) come from flip-flops set on the way into LOAD, not from
-        # the state's decode: they reset and set up nearly every counter of both.
-        window_start, pool_start = Signal(), Signal()
-        m.d.sync += [window_start.eq(0), pool_start.eq(0)]
-
-        def enter_load(first: bool = False):
-            # next_desc holds the loading layer's descriptor from before this cycle,
-            # except on the way out of IDLE, where it may still be settling: the first
-            # layer's kind is a constant
-            if first:
-                first_pool = int(plan.layers[0].kind == "pool")
-                m.d.sync += [window_start.eq(1 - first_pool), pool_start.eq(first_pool)]
-            else:
-                m.d.sync += [window_start.eq(~next_desc.pool), pool_start.eq(next_desc.pool)]
-            m.next = "LOAD"
-
-        m.d.comb += next_layer_comb.eq(layer + 1)
+        m.d.comb += next_layer.eq(layer + 1)
         with m.FSM(name="sequencer"):
             with m.State("IDLE"):
-                m.d.comb += next_layer_comb.eq(0)
+                m.d.comb += next_layer.eq(0)
                 with m.If(self.start):
                     m.d.sync += layer.eq(0)
-                    enter_load(first=True)
+                    m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += [load.eq(1), self.busy.eq(1)]
                 m.d.sync += desc.eq(next_desc)
@@ -248,15 +227,15 @@ class LayerSequencer(wiring.Component):
                         m.next = "FINISH"
                     with m.Else():
                         m.d.sync += layer.eq(layer + 1)
-                        enter_load()
+                        m.next = "LOAD"
             if pool is not None:
                 with m.State("POOL"):
                     m.d.comb += self.busy.eq(1)
                     with m.If(pool.drained):
                         m.d.sync += layer.eq(layer + 1)
-                        enter_load()
+                        m.next = "LOAD"
             with m.State("FINISH"):
-                m.d.comb += [self.busy.eq(1), self.done.eq(1), next_layer_comb.eq(0)]
+                m.d.comb += [self.busy.eq(1), self.done.eq(1)]
                 m.next = "IDLE"
 
         dbg = self.debug
@@ -270,11 +249,12 @@ class LayerSequencer(wiring.Component):
                 m.d.comb += [dbg.act_we.eq(self.busy & pool.wr_we), dbg.act_addr.eq(pool.wr_addr),
                              dbg.act_data.eq(pool.wr_data), dbg.act_en.eq((1 << s) - 1)]
 
-        m.d.comb += window.start.eq(window_start)
+        is_pool = Signal()
+        m.d.comb += window.start.eq(load & ~is_pool)
         if pool is not None:
-            m.d.comb += pool.start.eq(pool_start)
+            m.d.comb += [is_pool.eq(next_desc.pool), pool.start.eq(load & is_pool)]
         output_start = Signal()
-        m.d.sync += output_start.eq(window_start)
+        m.d.sync += output_start.eq(load & ~is_pool)
         m.d.comb += output.layer_start.eq(output_start)
 
         # ---- Stage B: memory reads, pad select -> array ----------------------------------

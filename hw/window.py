@@ -133,48 +133,34 @@ class WindowGenerator(wiring.Component):
         base = [Signal(signed(aw), name=f"base_{c}") for c in range(cols)]
 
         # Registered loop flags: each counter's "at its last value" (and "all at zero",
-        # "guard running", "guard ends next cycle") is kept in a flip-flop, updated together
-        # with its counter from the counter's increment compared with the limit, or from the
-        # descriptor's one-bit facts of its fields (``cwl0``: ``cwl == 0``, ...). The beat
-        # control and every register enable are then small functions of flip-flops, with
-        # no compare chained through the nested counters.
+        # "guard running") is kept in a flip-flop, updated together with its counter from
+        # the counter's increment compared with the limit. The beat control and every
+        # register enable are then ANDs of flip-flops, with no compare chained through
+        # the nested counters.
         op_last, ky_last, kx_last, j_last = (Signal(init=1, name=n)
                                              for n in ("op_last", "ky_last", "kx_last", "j_last"))
         cg_last, pg_last = Signal(init=1), Signal(init=1)
         at_first = Signal(init=1)  # op, ky, kx and j are all 0: a group's first beat
         guard_on = Signal()  # guard != 0
-        guard_one = Signal()  # guard == 1
 
         first = at_first
         run_end = kx_last & j_last
         last = op_last & ky_last & run_end
         # A beat issues when running and not held by the guard: running & ~(at_first &
         # guard_on). That enables nearly every register here, so it is a flip-flop itself,
-        # loaded with the same function of the flags' next values, written out per case
-        # (a group ends / a beat not the group's last / no beat) so that it maps to a few
-        # LUT levels: each case is a function of at most four flip-flops.
+        # loaded with the same function of the three flags' next values (below).
         issue = Signal()
         group_end = issue & last
         guard_value = Mux(pg_last, d.guard_last, d.guard_full)
-        layer_end = cg_last & pg_last
-        guard_next_nz = Mux(pg_last, d.guard_last_nz, d.guard_full_nz)  # the guard after this group
-        guard_held = guard_on & ~guard_one  # the guard still runs next cycle
-        running_next, at_first_next, guard_on_next, issue_next = Signal(), Signal(), Signal(), Signal()
+        running_next, at_first_next, guard_on_next = Signal(), Signal(), Signal()
         with m.If(self.start):
-            m.d.comb += [running_next.eq(1), at_first_next.eq(1), guard_on_next.eq(0), issue_next.eq(1)]
-            m.d.sync += guard_one.eq(0)
+            m.d.comb += [running_next.eq(1), at_first_next.eq(1), guard_on_next.eq(0)]
         with m.Else():
-            m.d.comb += [running_next.eq(running & ~(group_end & layer_end)),
+            m.d.comb += [running_next.eq(running & ~(group_end & cg_last & pg_last)),
                          at_first_next.eq(Mux(issue, last, at_first)),
-                         guard_on_next.eq(Mux(group_end, guard_next_nz, guard_held)),
-                         issue_next.eq(Mux(issue, Mux(last, ~layer_end & ~guard_next_nz, 1),
-                                           running & ~(at_first & guard_held)))]
-            with m.If(group_end):
-                m.d.sync += guard_one.eq(Mux(pg_last, d.guard_last_1, d.guard_full_1))
-            with m.Elif(guard_on):
-                m.d.sync += guard_one.eq(guard == 2)
+                         guard_on_next.eq(Mux(group_end, guard_value != 0, guard_on & (guard != 1)))]
         m.d.sync += [running.eq(running_next), at_first.eq(at_first_next), guard_on.eq(guard_on_next),
-                     issue.eq(issue_next)]
+                     issue.eq(running_next & ~(at_first_next & guard_on_next))]
         # The op table's address steps with op: op_base + op.
         m.d.comb += op_addr_next.eq(op_addr)
         with m.If(self.start):
@@ -227,7 +213,7 @@ class WindowGenerator(wiring.Component):
         wraps = [Signal(name=f"wrap_{c}") for c in range(cols)]
         for c in range(cols):
             with m.If(self.start):
-                m.d.sync += wraps[c].eq(self.init.wrap0[c])
+                m.d.sync += wraps[c].eq(self.init.xi0[c] >= self.init.adv_wrap_at)
             with m.Else():
                 m.d.sync += wraps[c].eq(xi0[c] >= d.adv_wrap_at)
 
@@ -237,50 +223,49 @@ class WindowGenerator(wiring.Component):
             m.d.sync += [op.eq(0), ky.eq(0), kx.eq(0), j.eq(0), cg.eq(0), pg.eq(0),
                          row_off.eq(0), tap_off.eq(0), guard.eq(0)]
             m.d.sync += [wgroup.eq(self.init.weight_base), wbeat.eq(self.init.weight_base), op_start.eq(1)]
-            m.d.sync += [op_last.eq(self.init.opl0), ky_last.eq(self.init.khl0), kx_last.eq(self.init.kwl0),
-                         j_last.eq(self.init.cwl0), cg_last.eq(self.init.cgl0), pg_last.eq(self.init.pgl0)]
+            m.d.sync += [op_last.eq(self.init.opl == 0), ky_last.eq(self.init.khl == 0),
+                         kx_last.eq(self.init.kwl == 0), j_last.eq(self.init.cwl == 0),
+                         cg_last.eq(self.init.cgl == 0), pg_last.eq(self.init.pgl == 0)]
             for c in range(cols):
                 m.d.sync += [yi0[c].eq(self.init.yi0[c]), xi0[c].eq(self.init.xi0[c]),
                              base[c].eq(self.init.base[c])]
-        with m.Elif(group_end):
-            # The group's last beat (the inner counters at their last values): every
-            # counter and flag of the group restarts; enabled by two flip-flops (issue,
-            # last), not through the nested counters' flags.
-            m.d.sync += [j.eq(0), kx.eq(0), ky.eq(0), op.eq(0), row_off.eq(0), tap_off.eq(0),
-                         op_start.eq(1), guard.eq(guard_value),
-                         j_last.eq(d.cwl0), kx_last.eq(d.kwl0), ky_last.eq(d.khl0), op_last.eq(d.opl0)]
-            with m.If(~cg_last):
-                m.d.sync += [cg.eq(cg + 1), cg_last.eq(cg + 1 == d.cgl),
-                             wgroup.eq(wgroup + d.weight_group_step),
-                             wbeat.eq(wgroup + d.weight_group_step)]
-            with m.Else():
-                m.d.sync += [cg.eq(0), cg_last.eq(d.cgl0), pg.eq(pg + 1),
-                             pg_last.eq(pg + 1 == d.pgl), wgroup.eq(d.weight_base),
-                             wbeat.eq(d.weight_base)]
-                for c in range(cols):
-                    # (pre-subtracted descriptor fields: one adder per value, the wrap
-                    # compare from a flip-flop)
-                    wrap = wraps[c]
-                    m.d.sync += [
-                        xi0[c].eq(Mux(wrap, xi0[c] + d.adv_dx_wrap, xi0[c] + d.adv_dx)),
-                        yi0[c].eq(Mux(wrap, yi0[c] + d.adv_dy1, yi0[c] + d.adv_dy)),
-                        base[c].eq(Mux(wrap, base[c] + d.adv_base_wrap, base[c] + d.adv_base)),
-                    ]
         with m.Elif(issue):
             m.d.sync += [wbeat.eq(wbeat + 1), op_start.eq(0)]
             with m.If(~run_end):
                 m.d.sync += tap_off.eq(tap_off + 1)
                 with m.If(j_last):
-                    m.d.sync += [j.eq(0), kx.eq(kx + 1), j_last.eq(d.cwl0), kx_last.eq(kx + 1 == d.kwl)]
+                    m.d.sync += [j.eq(0), j_last.eq(d.cwl == 0), kx.eq(kx + 1),
+                                 kx_last.eq(kx + 1 == d.kwl)]
                 with m.Else():
                     m.d.sync += [j.eq(j + 1), j_last.eq(j + 1 == d.cwl)]
             with m.Elif(~ky_last):
                 m.d.sync += [j.eq(0), kx.eq(0), ky.eq(ky + 1), row_off.eq(row_off + d.tap_row_step),
                              tap_off.eq(row_off + d.tap_row_step)]
-                m.d.sync += [j_last.eq(d.cwl0), kx_last.eq(d.kwl0), ky_last.eq(ky + 1 == d.khl)]
+                m.d.sync += [j_last.eq(d.cwl == 0), kx_last.eq(d.kwl == 0), ky_last.eq(ky + 1 == d.khl)]
             with m.Else():
-                # an op's last beat, not the group's (op_last is low here)
-                m.d.sync += [j.eq(0), kx.eq(0), ky.eq(0), row_off.eq(0), tap_off.eq(0),
-                             wbeat.eq(wgroup), op_start.eq(1), op.eq(op + 1),
-                             j_last.eq(d.cwl0), kx_last.eq(d.kwl0), ky_last.eq(d.khl0), op_last.eq(op + 1 == d.opl)]
+                m.d.sync += [j.eq(0), kx.eq(0), ky.eq(0), row_off.eq(0), tap_off.eq(0)]
+                m.d.sync += [j_last.eq(d.cwl == 0), kx_last.eq(d.kwl == 0), ky_last.eq(d.khl == 0)]
+                m.d.sync += [wbeat.eq(wgroup), op_start.eq(1)]
+                with m.If(~op_last):
+                    m.d.sync += [op.eq(op + 1), op_last.eq(op + 1 == d.opl)]
+                with m.Else():
+                    # The group's last beat.
+                    m.d.sync += [op.eq(0), op_last.eq(d.opl == 0), guard.eq(guard_value)]
+                    with m.If(~cg_last):
+                        m.d.sync += [cg.eq(cg + 1), cg_last.eq(cg + 1 == d.cgl),
+                                     wgroup.eq(wgroup + d.weight_group_step),
+                                     wbeat.eq(wgroup + d.weight_group_step)]
+                    with m.Else():
+                        m.d.sync += [cg.eq(0), cg_last.eq(d.cgl == 0), pg.eq(pg + 1),
+                                     pg_last.eq(pg + 1 == d.pgl), wgroup.eq(d.weight_base),
+                                     wbeat.eq(d.weight_base)]
+                        for c in range(cols):
+                            # (pre-subtracted descriptor fields: one adder per value, the
+                            # wrap compare from a flip-flop)
+                            wrap = wraps[c]
+                            m.d.sync += [
+                                xi0[c].eq(Mux(wrap, xi0[c] + d.adv_dx_wrap, xi0[c] + d.adv_dx)),
+                                yi0[c].eq(Mux(wrap, yi0[c] + d.adv_dy1, yi0[c] + d.adv_dy)),
+                                base[c].eq(Mux(wrap, base[c] + d.adv_base_wrap, base[c] + d.adv_base)),
+                            ]
         return m
