@@ -52,7 +52,8 @@ _BITSTREAM = {"ice40": "bin", "ecp5": "bit"}
 #: 32-bit carry chain), lets control logic grow to 7-8 LUT levels. On the UP5K with its
 #: routing a LUT level costs about ten carry steps (2.9 ns against 0.28 ns in nextpnr's
 #: timing), which a 1000 ps wire delay gives the HX model. Measured in docs/RESULTS.md
-#: ("Logic depth on the iCE40"): control at most 5 levels, +11 % Fmax, +1.8 % LUTs.
+#: ("Logic depth on the iCE40"): control at most 6 levels (was 8), +8 % Fmax (median
+#: of five placement seeds, two designs), +2 % LUTs.
 ICE40_ABC9_WIRE_PS = 1000
 
 
