@@ -340,11 +340,17 @@ class LayerSequencer(wiring.Component):
                     continue
                 if b == 2 and single_port:
                     # One address for the loader's writes and the first layer's reads
-                    # (never in the same cycle); the word registered as below.
+                    # (never in the same cycle); the word registered as below. The write
+                    # registered, as for the banks above: the address multiplexer then
+                    # follows a flip-flop, not the write request's logic from the state.
+                    image_we = Signal(name=f"image_col{c}_write_en")
+                    image_waddr = Signal(aw, name=f"image_col{c}_write_addr", reset_less=True)
+                    image_wdata = Signal(s, name=f"image_col{c}_write_data", reset_less=True)
+                    m.d.sync += [image_we.eq(write_en[b]), image_waddr.eq(write_addr), image_wdata.eq(write_data)]
                     spram = SinglePortImage(s, plan.image_depth)
                     m.submodules[f"image_col{c}"] = spram
-                    m.d.comb += [spram.addr.eq(Mux(write_en[b], write_addr, addr)), spram.we.eq(write_en[b]),
-                                 spram.wdata.eq(write_data)]
+                    m.d.comb += [spram.addr.eq(Mux(image_we, image_waddr, addr)), spram.we.eq(image_we),
+                                 spram.wdata.eq(image_wdata)]
                     read_data[b][c] = spram.rdata
                     continue
                 if b == 2:

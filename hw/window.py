@@ -167,10 +167,11 @@ class WindowGenerator(wiring.Component):
             m.d.comb += op_addr_next.eq(self.init.op_base)
         with m.Elif(issue & run_end & ky_last):
             m.d.comb += op_addr_next.eq(Mux(op_last, d.op_base, op_addr + 1))
-        # Two register stages to the outputs (A -> A' -> A''). A': the pad compares, the
-        # window address without its plane offset (base + tap_off), and the op table's
+        # Two register stages to the outputs (A -> A' -> A''). A': the tap's row and column,
+        # the window address without its plane offset (base + tap_off), and the op table's
         # entry in a register of its own (a block RAM's clock-to-output then ends in a
-        # flip-flop). A'': the plane offset and weight offset added, the gain selected.
+        # flip-flop). A'': the pad compares, the plane offset and weight offset added, the
+        # gain selected.
         # The one cycle this adds is OP_REGISTER_CYCLES in the cycle model.
         finished_a, finished = Signal(init=1), Signal(init=1)
         m.d.comb += self.finished.eq(finished)
@@ -183,7 +184,6 @@ class WindowGenerator(wiring.Component):
         entry_a = Signal(len(op_rd.data), reset_less=True)
         wbeat_a = Signal.like(wbeat, reset_less=True)
         pad_word_a = Signal(len(self.pad_word), reset_less=True)
-        pad_a = Signal(cols, reset_less=True)
         m.d.sync += [beat_a.eq(issue & ~self.start), first_a.eq(first), last_a.eq(last),
                      op_start_a.eq(op_start), entry_a.eq(op_rd.data), wbeat_a.eq(wbeat),
                      pad_word_a.eq(Mux(j_last, d.pad_last, d.pad_full))]
@@ -194,15 +194,18 @@ class WindowGenerator(wiring.Component):
         m.d.sync += [self.beat.eq(beat_a & ~self.start), self.first.eq(first_a), self.last.eq(last_a),
                      self.gain.eq(gain_code),
                      self.weight_addr.eq(wbeat_a + entry_a[ow:ow + ww]),
-                     self.pad_word.eq(pad_word_a), self.pad.eq(pad_a)]
+                     self.pad_word.eq(pad_word_a)]
         plane_off = entry_a[:ow]
         for c in range(cols):
-            y = yi0[c] + ky
-            x = xi0[c] + kx
+            # The tap's row and column in A' (an adder each), their four compares into the
+            # pad bit in A'': two carry chains on each path instead of four in one.
+            y_a = Signal(signed(aw + 1), name=f"y_a{c}", reset_less=True)
+            x_a = Signal(signed(aw + 1), name=f"x_a{c}", reset_less=True)
             addr_a = Signal(aw, name=f"addr_a{c}", reset_less=True)
             m.d.sync += [
                 addr_a.eq(base[c] + tap_off),
-                pad_a[c].eq((y < 0) | (y >= d.in_h) | (x < 0) | (x >= d.in_w)),
+                y_a.eq(yi0[c] + ky), x_a.eq(xi0[c] + kx),
+                self.pad[c].eq((y_a < 0) | (y_a >= d.in_h) | (x_a < 0) | (x_a >= d.in_w)),
                 self.addr[c * self._addr_width:(c + 1) * self._addr_width].eq(addr_a + plane_off),
             ]
 
