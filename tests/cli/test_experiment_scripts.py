@@ -229,3 +229,57 @@ def test_first_bits_sweep_refuses_bad_bits_and_leaves_nothing(tmp_path, seed_run
     missing = _sweep(tmp_path, "--out", tmp_path / "o")
     assert missing.returncode == 2 and "has no model.pt" in missing.stderr
     assert not (tmp_path / "o").exists()
+
+
+def _netlist(cells: dict) -> dict:
+    """A flattened Yosys JSON netlist of ``cells`` ({name: (type, {port: (direction, bits)})})."""
+    return {"modules": {"top": {"attributes": {"top": "00000000000000000000000000000001"},
+                                "netnames": {"u.v.count": {"bits": [10], "hide_name": 0}},
+                                "cells": {name: {"type": t,
+                                                 "port_directions": {p: d for p, (d, _) in ports.items()},
+                                                 "connections": {p: bits for p, (_, bits) in ports.items()}}
+                                          for name, (t, ports) in cells.items()}}}}
+
+
+def test_logic_depth_counts_luts_and_carry_steps_to_every_register(tmp_path):
+    """Register -> LUT -> LUT -> register is 2 levels; a carry step counts 0.15; constants
+    and register outputs are level 0; endpoints are grouped by their cell's module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("logic_depth", ROOT / "experiments" / "logic_depth.py")
+    logic_depth = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(logic_depth)
+    lut = lambda ins, out: ("SB_LUT4", {"I0": ("input", ins[:1]), "I1": ("input", ins[1:2] or ["0"]),  # noqa: E731
+                                        "I2": ("input", ["0"]), "I3": ("input", ["0"]), "O": ("output", [out])})
+    ff = lambda d, q: ("SB_DFF", {"D": ("input", [d]), "Q": ("output", [q]), "C": ("input", [1])})  # noqa: E731
+    cells = {
+        "a.src_SB_DFF": ff(2, 10),
+        "a.lut1": lut([10], 11),
+        "a.lut2": lut([11, 10], 12),
+        "u.v.sink_SB_DFF": ff(12, 13),
+        "u.c0": ("SB_CARRY", {"I0": ("input", [10]), "I1": ("input", ["1"]), "CI": ("input", ["0"]),
+                              "CO": ("output", [14])}),
+        "u.c1": ("SB_CARRY", {"I0": ("input", [10]), "I1": ("input", [10]), "CI": ("input", [14]),
+                              "CO": ("output", [15])}),
+        "u.sum": lut([15], 16),
+        "w.other_SB_DFF": ff(16, 17),
+    }
+    module = _netlist(cells)["modules"]["top"]
+    endpoints, *_ = logic_depth.depths(module, carry=0.15)
+    by_cell = {name: d for d, name, port, _ in endpoints if port == "D"}
+    assert by_cell["u.v.sink_SB_DFF"] == pytest.approx(2.0)
+    assert by_cell["w.other_SB_DFF"] == pytest.approx(1.3)  # two carry steps, then the sum LUT
+    assert by_cell["a.src_SB_DFF"] == 0.0  # a port of the design (bit 2: no driver)
+    assert logic_depth.module_of("core.accelerator.sequencer.window.pg_SB_DFFESR_Q_8") == \
+        "core.accelerator.sequencer.window"
+    path = tmp_path / "n.json"
+    path.write_text(json.dumps(_netlist(cells)))
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "logic_depth.py"), str(path), "--min", "1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "2.00  u.v" in done.stdout and "1.30  w" in done.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    refused = subprocess.run([sys.executable, str(ROOT / "experiments" / "logic_depth.py"), str(bad)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "cannot read" in refused.stderr
