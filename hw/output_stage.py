@@ -152,9 +152,11 @@ class OutputStage(wiring.Component):
         # its own (no adder before the ROM's decode). It is exact in every cycle whose read
         # is used (busy): set with plane (row) = 0, stepped with it.
         const_addr = Signal(max(len(const_rd.addr), len(affine_rd.addr)))
+        # The group counters' "at the last value" flags and the group's last column are
+        # registers, updated with the counters (from the counter's increment compared with
+        # the limit): the drain's end (``finishing``), which enables most of this stage's
+        # registers, then compares only the column, word and plane counters.
         last_cols = Signal(range(max(cols, 2)))
-        m.d.comb += [pg_last.eq(pg == desc.pgl), cg_last.eq(cg == desc.cgl),
-                     last_cols.eq(Mux(pg_last, desc.last_colsl, cols - 1))]
         # Bit address of the column's first channel: plane + position + channel.
         aw = len(self.act_addr) + log_s + 2
         pg_acc = Signal(aw)  # pg * cols * pos_stride
@@ -187,7 +189,9 @@ class OutputStage(wiring.Component):
 
         with m.If(self.layer_start):
             m.d.sync += [busy.eq(0), pg.eq(0), cg.eq(0), cg_r.eq(0), pg_acc.eq(0), idx_cg.eq(0),
-                         pos_aff.eq(0), const_group.eq(desc.const_base)]
+                         pos_aff.eq(0), const_group.eq(desc.const_base),
+                         pg_last.eq(desc.pgl == 0), cg_last.eq(desc.cgl == 0),
+                         last_cols.eq(Mux(desc.pgl == 0, desc.last_colsl, cols - 1))]
         with m.Elif(self.group_done):
             m.d.sync += [busy.eq(1), hold.eq(0), col.eq(0), row.eq(0), word.eq(0), plane.eq(0),
                          const_addr.eq(const_group),
@@ -219,10 +223,13 @@ class OutputStage(wiring.Component):
                 m.d.sync += busy.eq(0)
                 with m.If(cg_last):
                     m.d.sync += [cg.eq(0), cg_r.eq(0), pg.eq(pg + 1), pg_acc.eq(pg_acc + desc.out_pg_bits),
-                                 pos_aff.eq(pos_aff + cols), idx_cg.eq(0), const_group.eq(desc.const_base)]
+                                 pos_aff.eq(pos_aff + cols), idx_cg.eq(0), const_group.eq(desc.const_base),
+                                 cg_last.eq(desc.cgl == 0), pg_last.eq(pg + 1 == desc.pgl),
+                                 last_cols.eq(Mux(pg + 1 == desc.pgl, desc.last_colsl, cols - 1))]
                 with m.Else():
                     m.d.sync += [cg.eq(cg + 1), cg_r.eq(cg_r + rows), idx_cg.eq(idx_cg + desc.hw_out * rows),
-                                 const_group.eq(const_group + desc.const_group_step)]
+                                 const_group.eq(const_group + desc.const_group_step),
+                                 cg_last.eq(cg + 1 == desc.cgl)]
 
         m.d.comb += [const_rd.addr.eq(const_addr), affine_rd.addr.eq(const_addr)]
 
