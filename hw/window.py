@@ -128,8 +128,14 @@ class WindowGenerator(wiring.Component):
         m.d.comb += op_rd.addr.eq(op_addr_next)
         m.d.sync += op_addr.eq(op_addr_next)
 
-        yi0 = [Signal(signed(aw), name=f"yi0_{c}") for c in range(cols)]
-        xi0 = [Signal(signed(aw), name=f"xi0_{c}") for c in range(cols)]
+        # The columns' tap coordinates as wide as the coordinate fields need (plus two
+        # bits: every value stays within a few input widths of 0), not the address width:
+        # shorter carry chains on the position advance and the pad compares.
+        cw = 2 + max(len(v) for v in (d.in_h, d.in_w, d.xi0[0], d.yi0[0], d.adv_dx, d.adv_dx_wrap,
+                                      d.adv_dy, d.adv_dy1, d.adv_wrap_at, d.khl, d.kwl))
+        cw = min(cw, aw)
+        yi0 = [Signal(signed(cw), name=f"yi0_{c}") for c in range(cols)]
+        xi0 = [Signal(signed(cw), name=f"xi0_{c}") for c in range(cols)]
         base = [Signal(signed(aw), name=f"base_{c}") for c in range(cols)]
 
         # Registered loop flags: each counter's "at its last value" (and "all at zero",
@@ -199,8 +205,8 @@ class WindowGenerator(wiring.Component):
         for c in range(cols):
             # The tap's row and column in A' (an adder each), their four compares into the
             # pad bit in A'': two carry chains on each path instead of four in one.
-            y_a = Signal(signed(aw + 1), name=f"y_a{c}", reset_less=True)
-            x_a = Signal(signed(aw + 1), name=f"x_a{c}", reset_less=True)
+            y_a = Signal(signed(cw + 1), name=f"y_a{c}", reset_less=True)
+            x_a = Signal(signed(cw + 1), name=f"x_a{c}", reset_less=True)
             addr_a = Signal(aw, name=f"addr_a{c}", reset_less=True)
             m.d.sync += [
                 addr_a.eq(base[c] + tap_off),
