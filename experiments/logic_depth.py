@@ -39,11 +39,12 @@ def _sequential(cell_type: str) -> bool:
 
 
 def depths(module: dict, carry: float = 0.15):
-    """(endpoints, driver) of a flattened Yosys JSON module.
+    """``(endpoints, memo, drives, cells)`` of a flattened Yosys JSON module.
 
     ``endpoints``: ``[(depth, cell name, port, bit)]`` for every input bit of a
-    sequential cell (anything but LUTs and carries); ``driver``: bit -> (cell, depth, the
-    bit it came through) for walking a path back.
+    sequential cell (anything but LUTs and carries); ``memo``: bit -> (depth, the input
+    bit its deepest path came through), for walking a path back; ``drives``: bit ->
+    (cell name, output port); ``cells``: the module's cells.
     """
     cells = module["cells"]
     # bit -> (cell name, output port)

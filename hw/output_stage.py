@@ -187,11 +187,15 @@ class OutputStage(wiring.Component):
             m.d.comb += finishing.eq(busy & step & col_done & (word == desc.drain_wordsl)
                                      & (plane == desc.planesl))
 
+        def position_group_flags(is_last):
+            """``pg_last`` and the group's last column for a position group that is the
+            layer's last when ``is_last``."""
+            return [pg_last.eq(is_last), last_cols.eq(Mux(is_last, desc.last_colsl, cols - 1))]
+
         with m.If(self.layer_start):
             m.d.sync += [busy.eq(0), pg.eq(0), cg.eq(0), cg_r.eq(0), pg_acc.eq(0), idx_cg.eq(0),
-                         pos_aff.eq(0), const_group.eq(desc.const_base),
-                         pg_last.eq(desc.pgl == 0), cg_last.eq(desc.cgl == 0),
-                         last_cols.eq(Mux(desc.pgl == 0, desc.last_colsl, cols - 1))]
+                         pos_aff.eq(0), const_group.eq(desc.const_base), cg_last.eq(desc.cgl == 0),
+                         *position_group_flags(desc.pgl == 0)]
         with m.Elif(self.group_done):
             m.d.sync += [busy.eq(1), hold.eq(0), col.eq(0), row.eq(0), word.eq(0), plane.eq(0),
                          const_addr.eq(const_group),
@@ -224,8 +228,7 @@ class OutputStage(wiring.Component):
                 with m.If(cg_last):
                     m.d.sync += [cg.eq(0), cg_r.eq(0), pg.eq(pg + 1), pg_acc.eq(pg_acc + desc.out_pg_bits),
                                  pos_aff.eq(pos_aff + cols), idx_cg.eq(0), const_group.eq(desc.const_base),
-                                 cg_last.eq(desc.cgl == 0), pg_last.eq(pg + 1 == desc.pgl),
-                                 last_cols.eq(Mux(pg + 1 == desc.pgl, desc.last_colsl, cols - 1))]
+                                 cg_last.eq(desc.cgl == 0), *position_group_flags(pg + 1 == desc.pgl)]
                 with m.Else():
                     m.d.sync += [cg.eq(cg + 1), cg_r.eq(cg_r + rows), idx_cg.eq(idx_cg + desc.hw_out * rows),
                                  const_group.eq(const_group + desc.const_group_step),

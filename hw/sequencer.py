@@ -308,16 +308,17 @@ class LayerSequencer(wiring.Component):
                     if b in mergeable:
                         with m.If(merge_read[b]):
                             m.d.comb += addr.eq(request_addr)
-                if b == 2 and banks > 1:
-                    # The write registered, one copy per column: the banks' shared read/write
-                    # address (Yosys gives a bank one port for both: its read register is
-                    # enabled only without a write) then follows a flip-flop and a bank
-                    # compare, not the write request's logic from the sequencer's state.
+                if b == 2 and (banks > 1 or single_port):
+                    # The write registered, one copy per column: a shared read/write address
+                    # (the banks': Yosys gives a bank one port for both, its read register
+                    # enabled only without a write; the single-port memory's) then follows a
+                    # flip-flop, not the write request's logic from the sequencer's state.
                     # Only the image loader writes this memory, and the run starts after it.
                     image_we = Signal(name=f"image_col{c}_write_en")
                     image_waddr = Signal(aw, name=f"image_col{c}_write_addr", reset_less=True)
                     image_wdata = Signal(s, name=f"image_col{c}_write_data", reset_less=True)
                     m.d.sync += [image_we.eq(write_en[b]), image_waddr.eq(write_addr), image_wdata.eq(write_data)]
+                if b == 2 and banks > 1:
                     bank_data = []
                     for k in range(banks):
                         lo = k * bank_depth
@@ -339,14 +340,8 @@ class LayerSequencer(wiring.Component):
                     bank_select[c] = select
                     continue
                 if b == 2 and single_port:
-                    # One address for the loader's writes and the first layer's reads
-                    # (never in the same cycle); the word registered as below. The write
-                    # registered, as for the banks above: the address multiplexer then
-                    # follows a flip-flop, not the write request's logic from the state.
-                    image_we = Signal(name=f"image_col{c}_write_en")
-                    image_waddr = Signal(aw, name=f"image_col{c}_write_addr", reset_less=True)
-                    image_wdata = Signal(s, name=f"image_col{c}_write_data", reset_less=True)
-                    m.d.sync += [image_we.eq(write_en[b]), image_waddr.eq(write_addr), image_wdata.eq(write_data)]
+                    # One address for the loader's (registered) writes and the first
+                    # layer's reads (never in the same cycle); the word registered as below.
                     spram = SinglePortImage(s, plan.image_depth)
                     m.submodules[f"image_col{c}"] = spram
                     m.d.comb += [spram.addr.eq(Mux(image_we, image_waddr, addr)), spram.we.eq(image_we),
