@@ -147,7 +147,7 @@ class Accelerator(wiring.Component):
     def net(self) -> Network:
         return self._plan.net
 
-    def _expand(self, m, plan, seq, pix_rd, start, done):
+    def _expand(self, m, plan, seq, pix_rd, pix_wr, start, done):
         """The im2col windows from the pixel memory, written whole into the image memory.
 
         For each output position and each of its ``W`` window words, in storage order:
@@ -174,28 +174,34 @@ class Accelerator(wiring.Component):
         lane, ch, kx, ky = Signal(range(s)), Signal(range(ci)), Signal(range(k)), Signal(range(k))
         xo, yo = Signal(range(info.out_w)), Signal(range(info.out_h))
         row0, col0 = Signal(sw), Signal(sw)  # the window's top-left pixel: yo*st - pad, xo*st - pad
+        # The tap's pixel address ch*h*w + (row0 + ky)*w + col0 + kx from counters that
+        # step by constants (row0*w, and ch*h*w + ky*w), not from multiplications.
+        aw = signed((ci * h * w + (h + pad + k + st) * w + w + k + st).bit_length() + 2)
+        row0w, tapw = Signal(aw), Signal(aw)
         word_in_pos = Signal(range(n_words))
         last_lanes = k * k * ci - (n_words - 1) * s  # lanes of a position's last word
         last_tap = (ky == k - 1) & (kx == k - 1) & (ch == ci - 1)
         word_end = (lane == s - 1) | last_tap
         with m.If(start):
             m.d.sync += [reading.eq(1), lane.eq(0), ch.eq(0), kx.eq(0), ky.eq(0), xo.eq(0), yo.eq(0),
-                         row0.eq(-pad), col0.eq(-pad), word_in_pos.eq(0)]
+                         row0.eq(-pad), col0.eq(-pad), word_in_pos.eq(0), row0w.eq(-pad * w), tapw.eq(0)]
         with m.If(reading):
             m.d.sync += lane.eq(lane + 1)
             with m.If(ch != ci - 1):
-                m.d.sync += ch.eq(ch + 1)
+                m.d.sync += [ch.eq(ch + 1), tapw.eq(tapw + h * w)]
             with m.Else():
                 m.d.sync += ch.eq(0)
                 with m.If(kx != k - 1):
-                    m.d.sync += kx.eq(kx + 1)
+                    m.d.sync += [kx.eq(kx + 1), tapw.eq(tapw - (ci - 1) * h * w)]
                 with m.Else():
-                    m.d.sync += [kx.eq(0), ky.eq(Mux(ky == k - 1, 0, ky + 1))]
+                    m.d.sync += [kx.eq(0), ky.eq(Mux(ky == k - 1, 0, ky + 1)),
+                                 tapw.eq(Mux(ky == k - 1, 0, tapw + (w - (ci - 1) * h * w)))]
             with m.If(last_tap):  # the next position
                 with m.If(xo != info.out_w - 1):
                     m.d.sync += [xo.eq(xo + 1), col0.eq(col0 + st)]
                 with m.Else():
-                    m.d.sync += [xo.eq(0), col0.eq(-pad), yo.eq(yo + 1), row0.eq(row0 + st)]
+                    m.d.sync += [xo.eq(0), col0.eq(-pad), yo.eq(yo + 1), row0.eq(row0 + st),
+                                 row0w.eq(row0w + st * w)]
             with m.If(word_end):
                 m.d.sync += lane.eq(0)
                 # the next word: the last of its position, or a full one
@@ -210,30 +216,40 @@ class Accelerator(wiring.Component):
             m.d.sync += gap.eq(gap - 1)
             with m.If(gap == 1):
                 m.d.sync += reading.eq(1)
-        # Stage A: the tap's pixel coordinates; A2: its address and whether it lies inside
-        # the image; B: the pixel memory's read; C: the pixel, pad bit chosen.
+        # Stage A: the tap's pixel coordinates and its row's address; A2: its address and
+        # whether it lies inside the image; B: the pixel memory's read; C: the pixel, pad
+        # bit chosen.
         a_valid, a_last, a_lane = Signal(), Signal(), Signal(range(s))
-        a_y, a_x, a_ch = Signal(sw), Signal(sw), Signal(range(ci))
+        a_y, a_x, a_yw = Signal(sw), Signal(sw), Signal(aw)
         a_pos_end = Signal()  # the word is its position's last
         m.d.sync += [a_valid.eq(reading), a_last.eq(word_end), a_lane.eq(lane),
                      a_pos_end.eq(word_in_pos == n_words - 1),
-                     a_y.eq(row0 + ky), a_x.eq(col0 + kx), a_ch.eq(ch)]
+                     a_y.eq(row0 + ky), a_x.eq(col0 + kx), a_yw.eq(row0w + tapw)]
         a2_valid, a2_pos_end, a2_last, a2_lane, a2_inside = Signal(), Signal(), Signal(), Signal(range(s)), Signal()
         a2_addr = Signal.like(pix_rd.addr)
         m.d.sync += [a2_valid.eq(a_valid), a2_pos_end.eq(a_pos_end), a2_last.eq(a_last), a2_lane.eq(a_lane),
                      a2_inside.eq((a_y >= 0) & (a_y < h) & (a_x >= 0) & (a_x < w)),
-                     a2_addr.eq(a_ch * (h * w) + a_y * w + a_x)]
+                     a2_addr.eq(a_yw + a_x)]
         m.d.comb += pix_rd.addr.eq(a2_addr)
         b_valid, b_pos_end, b_last, b_lane, b_inside = Signal(), Signal(), Signal(), Signal(range(s)), Signal()
         m.d.sync += [b_valid.eq(a2_valid), b_pos_end.eq(a2_pos_end), b_last.eq(a2_last), b_lane.eq(a2_lane),
                      b_inside.eq(a2_inside)]
-        c_valid, c_pos_end, c_last, c_lane, c_byte = Signal(), Signal(), Signal(), Signal(range(s)), Signal(8)
+        # The pixel memory's read (an asynchronous port: ``b_byte`` is the block RAM's read
+        # register, idle in the loader's write cycles, which never meet a read, so that a
+        # read and a write at one address need no collision logic), then the pixel into a
+        # register as the memory gives it (the block RAM's own output register where the
+        # fabric has one); the pad bit after it.
+        b_byte = Signal(8, reset_less=True)
+        with m.If(~pix_wr.en):
+            m.d.sync += b_byte.eq(pix_rd.data)
+        c_valid, c_pos_end, c_last, c_lane = Signal(), Signal(), Signal(), Signal(range(s))
+        c_inside, c_byte = Signal(), Signal(8, reset_less=True)
         m.d.sync += [c_valid.eq(b_valid), c_pos_end.eq(b_pos_end), c_last.eq(b_valid & b_last),
-                     c_lane.eq(b_lane), c_byte.eq(Mux(b_inside, pix_rd.data, 0xFF if info.pad_bit else 0))]
+                     c_lane.eq(b_lane), c_inside.eq(b_inside), c_byte.eq(b_byte)]
         words = [Signal(s, name=f"window_plane{p}") for p in range(INPUT_PLANES)]
         for p, plane_word in enumerate(words):
             with m.If(c_valid):
-                m.d.sync += plane_word.bit_select(c_lane, 1).eq(c_byte[p])
+                m.d.sync += plane_word.bit_select(c_lane, 1).eq(Mux(c_inside, c_byte[p], info.pad_bit))
         # A word is written plane by plane in the 8 cycles after the one after its last
         # lane (``copy``): plane p's word at p * plane_words + word, whole, from the plane
         # words themselves while the next word's lanes arrive. Lane i of the next word
@@ -335,9 +351,9 @@ class Accelerator(wiring.Component):
         else:
             pixels = memory.Memory(shape=unsigned(8), depth=shape.size, init=[])
             m.submodules.pixels = pixels
-            pix_wr, pix_rd = pixels.write_port(), pixels.read_port()
+            pix_wr, pix_rd = pixels.write_port(), pixels.read_port(domain="comb")
             expand_start, expand_done = Signal(), Signal()
-            self._expand(m, plan, seq, pix_rd, expand_start, expand_done)
+            self._expand(m, plan, seq, pix_rd, pix_wr, expand_start, expand_done)
             taken = Signal(range(shape.size + 1))
             m.d.comb += [pix_wr.addr.eq(taken), pix_wr.data.eq(self.pixels.payload)]
 

@@ -144,6 +144,7 @@ class OutputStage(wiring.Component):
         cg = Signal(range(most_groups + 1))
         cg_r = Signal(range((most_groups + 1) * rows))  # cg * rows: the group's first channel
         rows_valid = Signal(range(rows + 1))  # min(rows, out_c - cg_r)
+        left = Signal.like(desc.out_c)  # out_c - cg_r, stepped with cg_r (no subtractor at the read)
         pg_last = Signal()
         cg_last = Signal()
         const_group = Signal(range(max(const_depth, affine_depth) + 1))
@@ -193,14 +194,14 @@ class OutputStage(wiring.Component):
             return [pg_last.eq(is_last), last_cols.eq(Mux(is_last, desc.last_colsl, cols - 1))]
 
         with m.If(self.layer_start):
-            m.d.sync += [busy.eq(0), pg.eq(0), cg.eq(0), cg_r.eq(0), pg_acc.eq(0), idx_cg.eq(0),
-                         pos_aff.eq(0), const_group.eq(desc.const_base), cg_last.eq(desc.cgl == 0),
+            m.d.sync += [busy.eq(0), pg.eq(0), cg.eq(0), cg_r.eq(0), left.eq(desc.out_c), pg_acc.eq(0),
+                         idx_cg.eq(0), pos_aff.eq(0), const_group.eq(desc.const_base), cg_last.eq(desc.cgl == 0),
                          *position_group_flags(desc.pgl == 0)]
         with m.Elif(self.group_done):
             m.d.sync += [busy.eq(1), hold.eq(0), col.eq(0), row.eq(0), word.eq(0), plane.eq(0),
                          const_addr.eq(const_group),
                          plane_base.eq(pg_acc + cg_r), bit_addr.eq(pg_acc + cg_r), idx_row.eq(idx_cg),
-                         rows_valid.eq(Mux(desc.out_c - cg_r >= rows, rows, desc.out_c - cg_r))]
+                         rows_valid.eq(Mux(left >= rows, rows, left))]
         with m.Elif(busy):
             with m.If(desc.affine):
                 # column outer, row inner; the affine ROM's address follows the row
@@ -226,11 +227,13 @@ class OutputStage(wiring.Component):
             with m.If(finishing):
                 m.d.sync += busy.eq(0)
                 with m.If(cg_last):
-                    m.d.sync += [cg.eq(0), cg_r.eq(0), pg.eq(pg + 1), pg_acc.eq(pg_acc + desc.out_pg_bits),
+                    m.d.sync += [cg.eq(0), cg_r.eq(0), left.eq(desc.out_c), pg.eq(pg + 1),
+                                 pg_acc.eq(pg_acc + desc.out_pg_bits),
                                  pos_aff.eq(pos_aff + cols), idx_cg.eq(0), const_group.eq(desc.const_base),
                                  cg_last.eq(desc.cgl == 0), *position_group_flags(pg + 1 == desc.pgl)]
                 with m.Else():
-                    m.d.sync += [cg.eq(cg + 1), cg_r.eq(cg_r + rows), idx_cg.eq(idx_cg + desc.hw_out * rows),
+                    m.d.sync += [cg.eq(cg + 1), cg_r.eq(cg_r + rows), left.eq(left - rows),
+                                 idx_cg.eq(idx_cg + desc.hw_out * rows),
                                  const_group.eq(const_group + desc.const_group_step),
                                  cg_last.eq(cg + 1 == desc.cgl)]
 
