@@ -172,8 +172,11 @@ class OutputStage(wiring.Component):
         idx_row = Signal(self._logit_aw)
         pos_aff = Signal(self._logit_aw)
 
-        col_done = Signal()
-        m.d.comb += col_done.eq(col == last_cols)
+        # The drain counters' "at the last value" flags, in registers updated with the
+        # counters (from the counter's increment compared with its limit), so that the
+        # drain's end, which enables most of this stage's registers, is an AND of flags.
+        col_done, word_last, plane_last, row_last = (
+            Signal(name=n) for n in ("col_done", "word_last", "plane_last", "row_last"))
         # Read-modify-write layers (``desc.rmw``): each read is followed by two cycles in
         # which nothing is read (the counters step in the second), so that the sequencer's
         # merge of one write (read its word, write it back two cycles later) never meets
@@ -183,10 +186,9 @@ class OutputStage(wiring.Component):
         m.d.comb += step.eq(~desc.rmw | (hold == 2))
         finishing = Signal()  # the group's drain ends this cycle (its last read, or the hold after it)
         with m.If(desc.affine):
-            m.d.comb += finishing.eq(busy & col_done & (row == rows - 1))
+            m.d.comb += finishing.eq(busy & col_done & row_last)
         with m.Else():
-            m.d.comb += finishing.eq(busy & step & col_done & (word == desc.drain_wordsl)
-                                     & (plane == desc.planesl))
+            m.d.comb += finishing.eq(busy & step & col_done & word_last & plane_last)
 
         def position_group_flags(is_last):
             """``pg_last`` and the group's last column for a position group that is the
@@ -199,30 +201,36 @@ class OutputStage(wiring.Component):
                          *position_group_flags(desc.pgl == 0)]
         with m.Elif(self.group_done):
             m.d.sync += [busy.eq(1), hold.eq(0), col.eq(0), row.eq(0), word.eq(0), plane.eq(0),
+                         col_done.eq(last_cols == 0), row_last.eq(rows == 1),
+                         word_last.eq(desc.drain_wordsl == 0), plane_last.eq(desc.planesl == 0),
                          const_addr.eq(const_group),
                          plane_base.eq(pg_acc + cg_r), bit_addr.eq(pg_acc + cg_r), idx_row.eq(idx_cg),
                          rows_valid.eq(Mux(left >= rows, rows, left))]
         with m.Elif(busy):
             with m.If(desc.affine):
                 # column outer, row inner; the affine ROM's address follows the row
-                with m.If(row == rows - 1):
-                    m.d.sync += [row.eq(0), col.eq(col + 1), idx_row.eq(idx_cg),
+                with m.If(row_last):
+                    m.d.sync += [row.eq(0), row_last.eq(rows == 1), col.eq(col + 1),
+                                 col_done.eq(col + 1 == last_cols), idx_row.eq(idx_cg),
                                  const_addr.eq(const_group)]
                 with m.Else():
-                    m.d.sync += [row.eq(row + 1), idx_row.eq(idx_row + desc.hw_out),
-                                 const_addr.eq(const_addr + 1)]
+                    m.d.sync += [row.eq(row + 1), row_last.eq(row + 1 == rows - 1),
+                                 idx_row.eq(idx_row + desc.hw_out), const_addr.eq(const_addr + 1)]
             with m.Elif(step):
                 # plane outer, column, word inner
-                with m.If(word == desc.drain_wordsl):
-                    m.d.sync += word.eq(0)
+                with m.If(word_last):
+                    m.d.sync += [word.eq(0), word_last.eq(desc.drain_wordsl == 0)]
                     with m.If(col_done):
-                        m.d.sync += [col.eq(0), plane.eq(plane + 1), const_addr.eq(const_addr + 1),
+                        m.d.sync += [col.eq(0), col_done.eq(last_cols == 0), plane.eq(plane + 1),
+                                     plane_last.eq(plane + 1 == desc.planesl),
+                                     const_addr.eq(const_addr + 1),
                                      plane_base.eq(plane_base + desc.out_plane_bits),
                                      bit_addr.eq(plane_base + desc.out_plane_bits)]
                     with m.Else():
-                        m.d.sync += [col.eq(col + 1), bit_addr.eq(bit_addr + desc.out_pos_stride)]
+                        m.d.sync += [col.eq(col + 1), col_done.eq(col + 1 == last_cols),
+                                     bit_addr.eq(bit_addr + desc.out_pos_stride)]
                 with m.Else():
-                    m.d.sync += word.eq(word + 1)
+                    m.d.sync += [word.eq(word + 1), word_last.eq(word + 1 == desc.drain_wordsl)]
             m.d.sync += hold.eq(Mux(desc.rmw & (hold != 2), hold + 1, 0))
             with m.If(finishing):
                 m.d.sync += busy.eq(0)
