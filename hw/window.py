@@ -14,6 +14,8 @@ from amaranth.lib.wiring import In, Out
 
 __all__ = ["WindowGenerator"]
 
+_OP_TABLES = ("auto", "block", "logic")
+
 
 class WindowGenerator(wiring.Component):
     """Beat issuer and per-column window address generator of one compute layer.
@@ -28,6 +30,14 @@ class WindowGenerator(wiring.Component):
         Activation memory address width.
     weight_addr_width : int
         Weight ROM address width.
+    op_table : str
+        Where the op table (each op's plane offset, weight offset and gain) lives:
+        ``"block"`` (a block RAM, read synchronously at the op's next address), ``"logic"``
+        (a ROM in LUTs read at the op's address: the op counter's next-value logic then
+        ends in flip-flops instead of a block RAM's address pins) or ``"auto"`` (default:
+        ``"logic"`` on ECP5, whose block RAMs' address setup made that path the clock's
+        limit, ``"block"`` elsewhere, where logic cells are scarce). The same entries in
+        the same cycles.
 
     Members
     -------
@@ -59,7 +69,12 @@ class WindowGenerator(wiring.Component):
     ``finished`` rises with the cycle after the last beat is on the outputs.
     """
 
-    def __init__(self, plan, descriptor, addr_width: int, weight_addr_width: int):
+    def __init__(self, plan, descriptor, addr_width: int, weight_addr_width: int,
+                 op_table: str = "auto"):
+        if op_table not in _OP_TABLES:
+            raise ValueError(f"op_table must be one of {', '.join(map(repr, _OP_TABLES))}, "
+                             f"not {op_table!r}")
+        self._op_table = op_table
         self._plan = plan
         cols = plan.cols
         super().__init__({
@@ -98,15 +113,16 @@ class WindowGenerator(wiring.Component):
         gw = len(self.gain)
         ow = max(1, max(off for off, _, _ in ops).bit_length())
         ww = max(1, max(woff for _, woff, _ in ops).bit_length())
-        # In a block RAM where the device has them (read synchronously, below): a table in
-        # logic cells puts its decode on the window address path.
+        # In a block RAM (read synchronously at the op's next address: the table's outputs
+        # are registers holding the entry of ``op_addr``) or in LUTs (read at ``op_addr``);
+        # either way the entry goes into a register (A') before the address adders.
+        in_logic = self._op_table == "logic" or (
+            self._op_table == "auto" and getattr(platform, "family", None) == "ecp5")
         m.submodules.op_table = op_table = memory.Memory(
             shape=ow + ww + gw, depth=len(ops),
             init=[off | (woff << ow) | (code << (ow + ww)) for off, woff, code in ops],
-            attrs={"ram_style": "block"})
-        # Read synchronously at the op's next address: the table's outputs are registers,
-        # holding the entry of ``op_addr`` (no table decode before the address adders).
-        op_rd = op_table.read_port()
+            attrs={"ram_style": "logic" if in_logic else "block"})
+        op_rd = op_table.read_port(domain="comb" if in_logic else "sync")
 
         aw = self._addr_width + 3  # signed working width for window addresses
         # Loop counters, each as wide as its descriptor limit (the "...l" field: last value).
@@ -125,7 +141,7 @@ class WindowGenerator(wiring.Component):
         op_start = Signal(init=1)  # the beat is its op's first
         guard = Signal(max(len(d.guard_full), len(d.guard_last)))  # as wide as its descriptor fields
         running = Signal()
-        m.d.comb += op_rd.addr.eq(op_addr_next)
+        m.d.comb += op_rd.addr.eq(op_addr if in_logic else op_addr_next)
         m.d.sync += op_addr.eq(op_addr_next)
 
         # The columns' tap coordinates as wide as the coordinate fields need (plus two

@@ -75,12 +75,14 @@ def expected_beats(p, plan):
 
 @pytest.mark.parametrize("rows,cols,simd", [(2, 3, 4), (3, 2, 1), (1, 5, 8)])
 @pytest.mark.parametrize("which", ["small", "conv_logits"])
-def test_window_generator_walks_every_window(rows, cols, simd, which):
+@pytest.mark.parametrize("op_table", ["block", "logic"])
+def test_window_generator_walks_every_window(rows, cols, simd, which, op_table):
     net = small_network(7) if which == "small" else conv_logits_network(7)
     plan = plan_network(net, rows, cols, simd)
     fmt = DescriptorFormat(plan)
     aw = max(1, (max(*plan.buffer_depths, plan.image_depth) - 1).bit_length())
-    wg = WindowGenerator(plan, fmt.layout, aw, max(1, (len(plan.weight_rom) - 1).bit_length()))
+    wg = WindowGenerator(plan, fmt.layout, aw, max(1, (len(plan.weight_rom) - 1).bit_length()),
+                         op_table=op_table)
     computes = [p for p in plan.layers if p.kind == "compute"]
     got = {}
 
@@ -122,6 +124,13 @@ def test_window_generator_walks_every_window(rows, cols, simd, which):
             in_last_pg = (g - 1) // p.channel_groups == p.position_groups - 1
             guard = p.guard_last if in_last_pg else p.guard_full
             assert first_cycles[g] - first_cycles[g - 1] == p.beats + guard
+
+
+def test_window_generator_refuses_an_unknown_op_table(rejects):
+    plan = plan_network(small_network(7), 2, 2, 4)
+    fmt = DescriptorFormat(plan)
+    rejects(ValueError, "op_table must be one of 'auto', 'block', 'logic', not 'lut'",
+            WindowGenerator, plan, fmt.layout, 8, 8, op_table="lut")
 
 
 # ---- output stage -------------------------------------------------------------------------
