@@ -96,6 +96,7 @@ class HostLink(wiring.Component):
         word = Signal(RESULT_DATA_WIDTH)  # the result word being sent, shifted a byte at a time
         byte_index = Signal(range(max(lb, CYCLE_BYTES) + 1))
         logits_left = Signal(range(n + 1))
+        logits_any = Signal()  # logits_left != 0, a register updated with it
         # The pixel on its way to the accelerator: a one-byte register, so that the
         # accelerator's ready reaches only this register's "full" flag, not the request
         # counters (a byte comes only every 10 UART bits: the wait costs no throughput).
@@ -117,7 +118,7 @@ class HostLink(wiring.Component):
                              | (at["pixels"] & ~pixel_full)),
             self.pixels.valid.eq(pixel_full),
             self.pixels.payload.eq(pixel),
-            self.result.ready.eq((at["fetch_class"] | (at["fetch_logit"] & (logits_left != 0))) & ~bad),
+            self.result.ready.eq((at["fetch_class"] | (at["fetch_logit"] & logits_any)) & ~bad),
         ]
         payload = 0
         for name, value in send_states.items():
@@ -142,8 +143,8 @@ class HostLink(wiring.Component):
         state.go("reply_class", "reply_logit_bytes", sent)
         state.go("reply_logit_bytes", "reply_count", sent)
         state.go("reply_count", "fetch_logit", sent)
-        state.go("fetch_logit", "wait_done", logits_left == 0)
-        state.go("fetch_logit", "reply_logit", (logits_left != 0) & (bad | self.result.valid))
+        state.go("fetch_logit", "wait_done", ~logits_any)
+        state.go("fetch_logit", "reply_logit", logits_any & (bad | self.result.valid))
         state.go("reply_logit", "fetch_logit", sent & (byte_index == lb - 1))
         state.go("wait_done", "reply_cycles", bad | self.done)
         state.go("reply_cycles", "magic", sent & (byte_index == CYCLE_BYTES - 1))
@@ -165,7 +166,7 @@ class HostLink(wiring.Component):
         with m.If(at["pixels"] & ~pixel_full & rx_byte):
             m.d.sync += [pixel.eq(self.rx.payload), pixel_full.eq(1)]
         with m.If(at["reply_logit_bytes"]):
-            m.d.sync += logits_left.eq(n)
+            m.d.sync += [logits_left.eq(n), logits_any.eq(n != 0)]
         with m.If(at["fetch_class"]):
             with m.If(bad):
                 m.d.sync += word.eq(0)
@@ -173,10 +174,11 @@ class HostLink(wiring.Component):
                 m.d.sync += word.eq(self.result.payload.data)
         with m.If(at["fetch_logit"]):
             m.d.sync += byte_index.eq(0)
-            with m.If((logits_left != 0) & bad):
-                m.d.sync += [word.eq(0), logits_left.eq(logits_left - 1)]
+            with m.If(logits_any & bad):
+                m.d.sync += [word.eq(0), logits_left.eq(logits_left - 1), logits_any.eq(logits_left != 1)]
             with m.Elif(result_in):
-                m.d.sync += [word.eq(self.result.payload.data), logits_left.eq(logits_left - 1)]
+                m.d.sync += [word.eq(self.result.payload.data), logits_left.eq(logits_left - 1),
+                             logits_any.eq(logits_left != 1)]
         with m.If((at["reply_logit"] | at["reply_cycles"]) & sent):
             m.d.sync += [word.eq(word >> 8), byte_index.eq(byte_index + 1)]
         with m.If(at["wait_done"]):

@@ -182,8 +182,8 @@ class OutputStage(wiring.Component):
         # merge of one write (read its word, write it back two cycles later) never meets
         # the next write's read (RMW_DRAIN_FACTOR).
         hold = Signal(2)  # cycles since the last read of an rmw layer
-        step = Signal()  # the counters advance this cycle
-        m.d.comb += step.eq(~desc.rmw | (hold == 2))
+        # the counters advance this cycle: ~desc.rmw | (hold == 2), in a register of its own
+        step = Signal()
         finishing = Signal()  # the group's drain ends this cycle (its last read, or the hold after it)
         with m.If(desc.affine):
             m.d.comb += finishing.eq(busy & col_done & row_last)
@@ -200,7 +200,7 @@ class OutputStage(wiring.Component):
                          idx_cg.eq(0), pos_aff.eq(0), const_group.eq(desc.const_base), cg_last.eq(desc.cgl == 0),
                          *position_group_flags(desc.pgl == 0)]
         with m.Elif(self.group_done):
-            m.d.sync += [busy.eq(1), hold.eq(0), col.eq(0), row.eq(0), word.eq(0), plane.eq(0),
+            m.d.sync += [busy.eq(1), hold.eq(0), step.eq(~desc.rmw), col.eq(0), row.eq(0), word.eq(0), plane.eq(0),
                          col_done.eq(last_cols == 0), row_last.eq(rows == 1),
                          word_last.eq(desc.drain_wordsl == 0), plane_last.eq(desc.planesl == 0),
                          const_addr.eq(const_group),
@@ -231,7 +231,8 @@ class OutputStage(wiring.Component):
                                      bit_addr.eq(bit_addr + desc.out_pos_stride)]
                 with m.Else():
                     m.d.sync += [word.eq(word + 1), word_last.eq(word + 1 == desc.drain_wordsl)]
-            m.d.sync += hold.eq(Mux(desc.rmw & (hold != 2), hold + 1, 0))
+            m.d.sync += [hold.eq(Mux(desc.rmw & (hold != 2), hold + 1, 0)),
+                         step.eq(~desc.rmw | (hold == 1))]
             with m.If(finishing):
                 m.d.sync += busy.eq(0)
                 with m.If(cg_last):
