@@ -387,9 +387,12 @@ class OutputStage(wiring.Component):
         ]
         # Argmax over the logits as they are written: the first index of the maximum, ready
         # ARGMAX_LATENCY cycles after the last logit's write.
-        m.submodules.argmax = argmax = RunningArgmax(OUT_DATA_WIDTH, self._logit_aw)
+        # It compares the logits at their own width (``offset - 2**(1 + shift) * P`` fits
+        # in one bit more than the wider term), not the result word's: shorter compares.
+        logit_width = min(OUT_DATA_WIDTH, max(cvw, pw + 1 + plan.affine_shift) + 1)
+        m.submodules.argmax = argmax = RunningArgmax(logit_width, self._logit_aw)
         m.d.comb += [argmax.restart.eq(self.layer_start), argmax.valid.eq(self.logit_we),
-                     argmax.data.eq(self.logit_data), argmax.index.eq(self.logit_addr),
+                     argmax.data.eq(self.logit_data[:logit_width]), argmax.index.eq(self.logit_addr),
                      self.class_index.eq(argmax.best_index)]
 
         # The layer is drained once its last group's last write has been issued, and for
