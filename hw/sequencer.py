@@ -429,27 +429,35 @@ class LayerSequencer(wiring.Component):
                 m.d.comb += pool.rd_data.eq(held_words[1])
 
         # ---- Writes: the image loader (idle), the output stage, the pool engine ------------
-        # This cycle's request: memory, address, data, lane enables; ``merge``: read the
-        # word now, write it merged in the next cycle (``pending``).
-        request_we = Signal()
-        request_merge = Signal()
+        # The writers' requests (memory, address, data, lane enables; ``merge``: read the
+        # word now, write it merged two cycles later, ``pending``) are chosen by the
+        # sequencer's state and registered: the memories' write and merge-read pins then
+        # follow flip-flops, not the state's multiplexers. Every write lands a cycle after
+        # its writer issued it; the next reader of that memory starts cycles later.
+        request_we, request_merge = Signal(), Signal()
         request_mem = Signal(2)
-        request_data = Signal(s)
-        request_en = Signal(s)
+        request_data, request_en = Signal(s, reset_less=True), Signal(s, reset_less=True)
+        issued_we, issued_merge = Signal(), Signal()
+        issued_mem = Signal(2)
+        issued_addr = Signal(aw)
+        issued_data, issued_en = Signal(s), Signal(s)
+        m.d.sync += [request_we.eq(issued_we), request_merge.eq(issued_merge),
+                     request_mem.eq(issued_mem), request_addr.eq(issued_addr),
+                     request_data.eq(issued_data), request_en.eq(issued_en)]
         with m.If(~self.busy):
-            m.d.comb += [request_we.eq(self.load_we), request_merge.eq(not image), request_mem.eq(loaded),
-                         request_addr.eq(self.load_addr), request_data.eq(self.load_data),
-                         request_en.eq(self.load_en)]
+            m.d.comb += [issued_we.eq(self.load_we), issued_merge.eq(not image), issued_mem.eq(loaded),
+                         issued_addr.eq(self.load_addr), issued_data.eq(self.load_data),
+                         issued_en.eq(self.load_en)]
         with m.Else():
             # The output stage's lane enables cover all lanes or none, except in rmw layers.
-            m.d.comb += [request_we.eq(output.act_we & (desc.rmw | output.act_en[0])),
-                         request_merge.eq(desc.rmw), request_mem.eq(desc.dst),
-                         request_addr.eq(output.act_addr), request_data.eq(output.act_data),
-                         request_en.eq(output.act_en)]
+            m.d.comb += [issued_we.eq(output.act_we & (desc.rmw | output.act_en[0])),
+                         issued_merge.eq(desc.rmw), issued_mem.eq(desc.dst),
+                         issued_addr.eq(output.act_addr), issued_data.eq(output.act_data),
+                         issued_en.eq(output.act_en)]
             if pool is not None:
                 with m.If(desc.pool):
-                    m.d.comb += [request_we.eq(pool.wr_we), request_merge.eq(0),
-                                 request_addr.eq(pool.wr_addr), request_data.eq(pool.wr_data)]
+                    m.d.comb += [issued_we.eq(pool.wr_we), issued_merge.eq(0),
+                                 issued_addr.eq(pool.wr_addr), issued_data.eq(pool.wr_data)]
         # Two register stages: the word read in the request cycle is merged from its read
         # register (``read{b}_col0``, below), not from the block RAM's output, so the merge
         # adds nothing after a block RAM's clock-to-output (and a deep memory's output mux).
