@@ -11,6 +11,9 @@ groups, or lets the pool engine run a max-pool layer.
 
 from __future__ import annotations
 
+import functools
+import operator
+
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
@@ -380,15 +383,23 @@ class LayerSequencer(wiring.Component):
 
         src_r = Signal(2)  # the descriptor is stable for the whole layer: one register
         m.d.sync += src_r.eq(desc.src)
-        pad_r = delayed(window.pad, 2, "pad")
+        pad_1 = delayed(window.pad, 1, "pad")
+        pad_r = delayed(pad_1, 1, "pad_r")
         pad_word_r = delayed(window.pad_word, 2, "pad_word")
         first_r, last_r, beat_r = (delayed(window.first, 2, "first"), delayed(window.last, 2, "last"),
                                    delayed(window.beat, 2, "beat"))
         gain_r = delayed(window.gain, 2, "gain")
         acts = []
         held_words = {}
+        # The array's activation word: the source memory's read register (or, for the
+        # banked image memory, its bank's), or the pad word. Each candidate has a select
+        # flip-flop, set the cycle before from the source, the pad bit and the bank index
+        # (all registers then), so the word is an AND-OR of registers: no decode of the
+        # source, bank and pad in front of the array.
+        source_is = [(src_r != 1) & ((src_r != 2) if image else 1), src_r == 1, src_r == 2]
         for c in range(cols):
             held = []
+            candidates = []  # (word, select)
             for b in range(n_mems):
                 if b == 2 and banks > 1:
                     # Each bank's word in a register of its own, then the bank multiplexer.
@@ -402,21 +413,23 @@ class LayerSequencer(wiring.Component):
                         for k, bank_reg in enumerate(bank_regs):
                             with m.Case(k):
                                 m.d.comb += reg.eq(bank_reg)
+                    for k, bank_reg in enumerate(bank_regs):
+                        candidates.append((bank_reg, source_is[b] & (bank_select[c] == k)))
                 else:
                     reg = Signal(s, name=f"read{b}_col{c}", reset_less=True)
                     m.d.sync += reg.eq(read_data[b][c])
+                    candidates.append((reg, source_is[b]))
                 held.append(reg)
                 if c == 0:
                     held_words[b] = reg
             word = Signal(s, name=f"act{c}")
-            m.d.comb += word.eq(held[0])
-            with m.If(src_r == 1):
-                m.d.comb += word.eq(held[1])
-            if image:
-                with m.If(src_r == 2):
-                    m.d.comb += word.eq(held[2])
-            with m.If(pad_r[c]):
-                m.d.comb += word.eq(pad_word_r)
+            terms = []
+            for k, (value, select_next) in enumerate(candidates):
+                select = Signal(name=f"act{c}_select{k}")
+                m.d.sync += select.eq(select_next & ~pad_1[c])
+                terms.append(value & select.replicate(s))
+            terms.append(pad_word_r & pad_r[c].replicate(s))
+            m.d.comb += word.eq(functools.reduce(operator.or_, terms))
             acts.append(word)
         m.d.comb += [array.act.eq(Cat(acts)), array.weight.eq(weight_rd.data),
                      array.first.eq(first_r & beat_r), array.last.eq(last_r & beat_r),
