@@ -48,6 +48,20 @@ def _check_divisor(divisor) -> int:
     return divisor
 
 
+
+def _timer_steps(timer, zero):
+    """``load(value)`` and ``count()`` statements for a down-counting bit timer whose
+    ``timer == 0`` is kept in the register ``zero``, set with the timer (from the loaded
+    constant, or from ``timer == 1`` as it counts down): the state machine's branches
+    then wait for a flip-flop, not for a compare of the whole timer."""
+    def load(value: int):
+        return [timer.eq(value), zero.eq(int(value == 0))]
+
+    def count():
+        return [timer.eq(timer - 1), zero.eq(timer == 1)]
+
+    return load, count
+
 class UARTReceiver(wiring.Component):
     """8N1 UART receiver with a byte stream out.
 
@@ -91,6 +105,8 @@ class UARTReceiver(wiring.Component):
         m.submodules.sync_rx = FFSynchronizer(self.rx, line, init=1)
 
         timer = Signal(range(self._divisor))
+        timer_zero = Signal(init=1)  # timer == 0, a register set with the timer
+        load, count = _timer_steps(timer, timer_zero)
         bits = Signal(range(9))
         shift = Signal(8)
 
@@ -101,27 +117,27 @@ class UARTReceiver(wiring.Component):
         with m.FSM():
             with m.State("idle"):
                 with m.If(~line):
-                    m.d.sync += timer.eq(self._divisor // 2 - 1)
+                    m.d.sync += load(self._divisor // 2 - 1)
                     m.next = "start"
             with m.State("start"):
-                with m.If(timer == 0):
+                with m.If(timer_zero):
                     with m.If(line):  # a glitch, not a start bit
                         m.next = "idle"
                     with m.Else():
-                        m.d.sync += [timer.eq(self._divisor - 1), bits.eq(0)]
+                        m.d.sync += [*load(self._divisor - 1), bits.eq(0)]
                         m.next = "data"
                 with m.Else():
-                    m.d.sync += timer.eq(timer - 1)
+                    m.d.sync += count()
             with m.State("data"):
-                with m.If(timer == 0):
+                with m.If(timer_zero):
                     m.d.sync += [shift.eq(shift >> 1 | line << 7), bits.eq(bits + 1),
-                                 timer.eq(self._divisor - 1)]
+                                 *load(self._divisor - 1)]
                     with m.If(bits == 7):
                         m.next = "stop"
                 with m.Else():
-                    m.d.sync += timer.eq(timer - 1)
+                    m.d.sync += count()
             with m.State("stop"):
-                with m.If(timer == 0):
+                with m.If(timer_zero):
                     with m.If(~line):
                         m.d.sync += self.frame_error.eq(1)
                     with m.Elif(self.stream.valid & ~self.stream.ready):
@@ -130,7 +146,7 @@ class UARTReceiver(wiring.Component):
                         m.d.sync += [self.stream.payload.eq(shift), self.stream.valid.eq(1)]
                     m.next = "idle"
                 with m.Else():
-                    m.d.sync += timer.eq(timer - 1)
+                    m.d.sync += count()
         return m
 
 
@@ -167,6 +183,8 @@ class UARTTransmitter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         timer = Signal(range(self._divisor))
+        timer_zero = Signal(init=1)  # timer == 0, a register set with the timer
+        load, count = _timer_steps(timer, timer_zero)
         bits = Signal(range(10))
         frame = Signal(10)  # stop bit, 8 data bits, start bit (sent LSB first)
 
@@ -175,15 +193,15 @@ class UARTTransmitter(wiring.Component):
                 m.d.comb += self.stream.ready.eq(1)
                 with m.If(self.stream.valid):
                     m.d.sync += [frame.eq(1 << 9 | self.stream.payload << 1), bits.eq(0),
-                                 timer.eq(0)]
+                                 *load(0)]
                     m.next = "send"
             with m.State("send"):
-                with m.If(timer == 0):
+                with m.If(timer_zero):
                     with m.If(bits == 10):
                         m.next = "idle"
                     with m.Else():
                         m.d.sync += [self.tx.eq(frame[0]), frame.eq(frame >> 1),
-                                     bits.eq(bits + 1), timer.eq(self._divisor - 1)]
+                                     bits.eq(bits + 1), *load(self._divisor - 1)]
                 with m.Else():
-                    m.d.sync += timer.eq(timer - 1)
+                    m.d.sync += count()
         return m
