@@ -580,15 +580,22 @@ class XnorPopcountPE(wiring.Component):
                 m.d.sync += [lo.eq(0), hi.eq(0), carry.eq(0)]
             with m.Else():
                 m.d.sync += [lo.eq(lo_next), hi.eq(hi_next), carry.eq(carry_next)]
-        # The result keeps the halves and the carry; the carry is added into the high half
-        # on the way out (an adder outside the recurrence, read by the output stage).
         res_lo = Signal(low, reset_less=True)
         res_hi = Signal(signed(high), reset_less=True)
+        if direct:
+            # Read late, the last term went in a cycle ago: the sum is in the halves
+            # themselves, all flip-flops, so the carry is added into the high half on
+            # the way into the result register (no adder between it and the output stage).
+            with m.If(last):
+                m.d.sync += [res_lo.eq(lo), res_hi.eq(hi + carry)]
+            m.d.comb += self.result.eq(Cat(res_lo, res_hi).as_signed())
+            return m
+        # Otherwise the result keeps the halves and the carry, and the carry is added into
+        # the high half on the way out (an adder outside the recurrence, read by the output
+        # stage): the halves' next values are adders' outputs already.
         res_carry = Signal(signed(2), reset_less=True)
-        # read late, the last term went in a cycle ago: the sum is in the halves themselves
-        sums = (lo, hi, carry) if direct else (lo_next, hi_next, carry_next)
         with m.If(last):
-            m.d.sync += [res_lo.eq(sums[0]), res_hi.eq(sums[1]), res_carry.eq(sums[2])]
+            m.d.sync += [res_lo.eq(lo_next), res_hi.eq(hi_next), res_carry.eq(carry_next)]
         res_hi_total = Signal(signed(high))
         m.d.comb += [res_hi_total.eq(res_hi + res_carry),
                      self.result.eq(Cat(res_lo, res_hi_total).as_signed())]
