@@ -154,9 +154,9 @@ class OutputStage(wiring.Component):
         # is used (busy): set with plane (row) = 0, stepped with it.
         const_addr = Signal(max(len(const_rd.addr), len(affine_rd.addr)))
         # The group counters' "at the last value" flags and the group's last column are
-        # registers, updated with the counters (from the counter's increment compared with
-        # the limit): the drain's end (``finishing``), which enables most of this stage's
-        # registers, then compares only the column, word and plane counters.
+        # registers, updated with the counters (from the counter compared with the value
+        # before the limit, the descriptor's "...l1" fields): the drain's end
+        # (``finishing``), which enables most of this stage's registers, reads flags only.
         last_cols = Signal(range(max(cols, 2)))
         # Bit address of the column's first channel: plane + position + channel.
         aw = len(self.act_addr) + log_s + 2
@@ -173,7 +173,7 @@ class OutputStage(wiring.Component):
         pos_aff = Signal(self._logit_aw)
 
         # The drain counters' "at the last value" flags, in registers updated with the
-        # counters (from the counter's increment compared with its limit), so that the
+        # counters (as the group counters' above), so that the
         # drain's end, which enables most of this stage's registers, is an AND of flags.
         col_done, word_last, plane_last, row_last = (
             Signal(name=n) for n in ("col_done", "word_last", "plane_last", "row_last"))
@@ -222,7 +222,7 @@ class OutputStage(wiring.Component):
                     m.d.sync += [word.eq(0), word_last.eq(desc.drain_wordsl == 0)]
                     with m.If(col_done):
                         m.d.sync += [col.eq(0), col_done.eq(last_cols == 0), plane.eq(plane + 1),
-                                     plane_last.eq(plane + 1 == desc.planesl),
+                                     plane_last.eq(plane == desc.planesl1),
                                      const_addr.eq(const_addr + 1),
                                      plane_base.eq(plane_base + desc.out_plane_bits),
                                      bit_addr.eq(plane_base + desc.out_plane_bits)]
@@ -230,7 +230,7 @@ class OutputStage(wiring.Component):
                         m.d.sync += [col.eq(col + 1), col_done.eq(col + 1 == last_cols),
                                      bit_addr.eq(bit_addr + desc.out_pos_stride)]
                 with m.Else():
-                    m.d.sync += [word.eq(word + 1), word_last.eq(word + 1 == desc.drain_wordsl)]
+                    m.d.sync += [word.eq(word + 1), word_last.eq(word == desc.drain_wordsl1)]
             m.d.sync += [hold.eq(Mux(desc.rmw & (hold != 2), hold + 1, 0)),
                          step.eq(~desc.rmw | (hold == 1))]
             with m.If(finishing):
@@ -239,12 +239,12 @@ class OutputStage(wiring.Component):
                     m.d.sync += [cg.eq(0), cg_r.eq(0), left.eq(desc.out_c), pg.eq(pg + 1),
                                  pg_acc.eq(pg_acc + desc.out_pg_bits),
                                  pos_aff.eq(pos_aff + cols), idx_cg.eq(0), const_group.eq(desc.const_base),
-                                 cg_last.eq(desc.cgl == 0), *position_group_flags(pg + 1 == desc.pgl)]
+                                 cg_last.eq(desc.cgl == 0), *position_group_flags(pg == desc.pgl1)]
                 with m.Else():
                     m.d.sync += [cg.eq(cg + 1), cg_r.eq(cg_r + rows), left.eq(left - rows),
                                  idx_cg.eq(idx_cg + desc.hw_out * rows),
                                  const_group.eq(const_group + desc.const_group_step),
-                                 cg_last.eq(cg + 1 == desc.cgl)]
+                                 cg_last.eq(cg == desc.cgl1)]
 
         m.d.comb += [const_rd.addr.eq(const_addr), affine_rd.addr.eq(const_addr)]
 

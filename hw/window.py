@@ -156,7 +156,8 @@ class WindowGenerator(wiring.Component):
 
         # Registered loop flags: each counter's "at its last value" (and "all at zero",
         # "guard running") is kept in a flip-flop, updated together with its counter from
-        # the counter's increment compared with the limit. The beat control and every
+        # the counter compared with the value before the limit (the descriptor's "...l1"
+        # fields: no increment before the compare). The beat control and every
         # register enable are then ANDs of flip-flops, with no compare chained through
         # the nested counters.
         op_last, ky_last, kx_last, j_last = (Signal(init=1, name=n)
@@ -260,29 +261,29 @@ class WindowGenerator(wiring.Component):
                 m.d.sync += tap_off.eq(tap_off + 1)
                 with m.If(j_last):
                     m.d.sync += [j.eq(0), j_last.eq(d.cwl == 0), kx.eq(kx + 1),
-                                 kx_last.eq(kx + 1 == d.kwl)]
+                                 kx_last.eq(kx == d.kwl1)]
                 with m.Else():
-                    m.d.sync += [j.eq(j + 1), j_last.eq(j + 1 == d.cwl)]
+                    m.d.sync += [j.eq(j + 1), j_last.eq(j == d.cwl1)]
             with m.Elif(~ky_last):
                 m.d.sync += [j.eq(0), kx.eq(0), ky.eq(ky + 1), row_off.eq(row_off + d.tap_row_step),
                              tap_off.eq(row_off + d.tap_row_step)]
-                m.d.sync += [j_last.eq(d.cwl == 0), kx_last.eq(d.kwl == 0), ky_last.eq(ky + 1 == d.khl)]
+                m.d.sync += [j_last.eq(d.cwl == 0), kx_last.eq(d.kwl == 0), ky_last.eq(ky == d.khl1)]
             with m.Else():
                 m.d.sync += [j.eq(0), kx.eq(0), ky.eq(0), row_off.eq(0), tap_off.eq(0)]
                 m.d.sync += [j_last.eq(d.cwl == 0), kx_last.eq(d.kwl == 0), ky_last.eq(d.khl == 0)]
                 m.d.sync += [wbeat.eq(wgroup), op_start.eq(1)]
                 with m.If(~op_last):
-                    m.d.sync += [op.eq(op + 1), op_last.eq(op + 1 == d.opl)]
+                    m.d.sync += [op.eq(op + 1), op_last.eq(op == d.opl1)]
                 with m.Else():
                     # The group's last beat.
                     m.d.sync += [op.eq(0), op_last.eq(d.opl == 0), guard.eq(guard_value)]
                     with m.If(~cg_last):
-                        m.d.sync += [cg.eq(cg + 1), cg_last.eq(cg + 1 == d.cgl),
+                        m.d.sync += [cg.eq(cg + 1), cg_last.eq(cg == d.cgl1),
                                      wgroup.eq(wgroup + d.weight_group_step),
                                      wbeat.eq(wgroup + d.weight_group_step)]
                     with m.Else():
                         m.d.sync += [cg.eq(0), cg_last.eq(d.cgl == 0), pg.eq(pg + 1),
-                                     pg_last.eq(pg + 1 == d.pgl), wgroup.eq(d.weight_base),
+                                     pg_last.eq(pg == d.pgl1), wgroup.eq(d.weight_base),
                                      wbeat.eq(d.weight_base)]
                         for c in range(cols):
                             # (pre-subtracted descriptor fields: one adder per value, the
