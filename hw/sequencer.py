@@ -398,30 +398,23 @@ class LayerSequencer(wiring.Component):
         # source, bank and pad in front of the array.
         source_is = [(src_r != 1) & ((src_r != 2) if image else 1), src_r == 1, src_r == 2]
         for c in range(cols):
-            held = []
-            candidates = []  # (word, select)
+            candidates = []  # (word, its select's next value)
             for b in range(n_mems):
                 if b == 2 and banks > 1:
-                    # Each bank's word in a register of its own, then the bank multiplexer.
-                    select = Signal.like(bank_select[c], name=f"read2_col{c}_bank")
-                    m.d.sync += select.eq(bank_select[c])
+                    # Each bank's word in a register of its own (the block RAM's output
+                    # register), each a candidate selected with its bank index (only the
+                    # array reads the image memory: no merge, no pool engine).
                     bank_regs = [Signal(s, name=f"read2_col{c}_bank{k}", reset_less=True)
                                  for k in range(banks)]
                     m.d.sync += [r.eq(data) for r, data in zip(bank_regs, read_data[b][c], strict=True)]
-                    reg = Signal(s, name=f"read2_col{c}")
-                    with m.Switch(select):
-                        for k, bank_reg in enumerate(bank_regs):
-                            with m.Case(k):
-                                m.d.comb += reg.eq(bank_reg)
                     for k, bank_reg in enumerate(bank_regs):
                         candidates.append((bank_reg, source_is[b] & (bank_select[c] == k)))
                 else:
                     reg = Signal(s, name=f"read{b}_col{c}", reset_less=True)
                     m.d.sync += reg.eq(read_data[b][c])
                     candidates.append((reg, source_is[b]))
-                held.append(reg)
-                if c == 0:
-                    held_words[b] = reg
+                    if c == 0:
+                        held_words[b] = reg
             word = Signal(s, name=f"act{c}")
             terms = []
             for k, (value, select_next) in enumerate(candidates):
