@@ -106,6 +106,23 @@ def hw_options(desc: dict) -> tuple[int | None, str | None]:
     return relay, gain_mode
 
 
+#: nextpnr's placement seeds move a design's Fmax by about this much either way.
+SEED_SPREAD = 0.05
+
+
+def timing_advice(fmax_mhz: float | None, clock_mhz: float, seed: int) -> str:
+    """What to try when a build misses its clock: another placement seed when the Fmax
+    is short of it by no more than twice the seeds' spread, else a lower clock."""
+    lower = "ask for a lower --clock-mhz"
+    if fmax_mhz is None or fmax_mhz >= clock_mhz:
+        return lower
+    short = 1 - fmax_mhz / clock_mhz
+    if short > 2 * SEED_SPREAD:
+        return lower
+    return (f"Fmax {fmax_mhz:.1f} MHz, {100 * short:.1f} % short: placement seeds move Fmax by "
+            f"about {100 * SEED_SPREAD:.0f} %, so try another --seed than {seed}, or {lower}")
+
+
 def run(args: argparse.Namespace) -> int:
     from binforge.boards.build import build_for_board
     from binforge.boards.platforms import get_board
@@ -151,8 +168,9 @@ def run(args: argparse.Namespace) -> int:
                   f"{report['images_per_second_at_clock']:.0f} images/s at the {clock['achieved_mhz']:g} MHz "
                   f"clock (timing met; {report['images_per_second_at_fmax']:.0f} at Fmax)")
         else:
+            advice = timing_advice(report.get("fmax_sync_mhz"), clock["achieved_mhz"], args.seed)
             print(f"throughput {report['cycles_per_image']} cycles per image: timing NOT met at "
-                  f"{clock['achieved_mhz']:g} MHz (ask for a lower --clock-mhz); "
+                  f"{clock['achieved_mhz']:g} MHz ({advice}); "
                   f"{report['images_per_second_at_fmax']:.0f} images/s at Fmax")
         if report.get("images_per_second_at_fmax_with_loading"):
             print(f"loading    {report['image_cycles_with_loading']} cycles per image with loading and the "

@@ -125,3 +125,13 @@ def test_build_refuses_what_does_not_fit_before_any_tool_runs(hw_folder, tmp_pat
 def test_build_refuses_a_folder_without_hw_json(tmp_path, capsys):
     assert main(["build", str(tmp_path), "--board", "icebreaker", "--out", str(tmp_path / "b")]) == 2
     assert f"{tmp_path / 'hw.json'} does not exist" in capsys.readouterr().err
+
+
+def test_a_clock_missed_by_a_little_suggests_another_placement_seed():
+    from binforge.commands.build import timing_advice
+    assert timing_advice(47.0, 48.0, 1) == (
+        "Fmax 47.0 MHz, 2.1 % short: placement seeds move Fmax by about 5 %, so try another "
+        "--seed than 1, or ask for a lower --clock-mhz")
+    assert timing_advice(43.3, 48.0, 3).startswith("Fmax 43.3 MHz, 9.8 % short")  # within 2 x 5 %
+    assert timing_advice(43.0, 48.0, 1) == "ask for a lower --clock-mhz"  # 10.4 % short
+    assert timing_advice(None, 48.0, 1) == "ask for a lower --clock-mhz"
