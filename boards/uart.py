@@ -48,7 +48,6 @@ def _check_divisor(divisor) -> int:
     return divisor
 
 
-
 def _timer_steps(timer, zero):
     """``load(value)`` and ``count()`` statements for a down-counting bit timer whose
     ``timer == 0`` is kept in the register ``zero``, set with the timer (from the loaded
@@ -61,6 +60,7 @@ def _timer_steps(timer, zero):
         return [timer.eq(timer - 1), zero.eq(timer == 1)]
 
     return load, count
+
 
 class UARTReceiver(wiring.Component):
     """8N1 UART receiver with a byte stream out.

@@ -15,6 +15,10 @@ from .plan import ComputePlan, NetworkPlan, PoolPlan
 __all__ = ["DescriptorFormat"]
 
 
+#: The loop limits whose previous value the descriptor also holds (``"<limit>1"``).
+_LIMITS_BEFORE = ("opl", "khl", "kwl", "cwl", "cgl", "pgl", "planesl", "drain_wordsl")
+
+
 def _ubits(value: int) -> int:
     return max(1, int(value).bit_length())
 
@@ -109,16 +113,13 @@ class DescriptorFormat:
             "out_dense": int(p.out_dense), "out_pos_stride": p.out_pos_stride,
             "out_plane_bits": p.out_plane_words * s, "out_pg_bits": cols * p.out_pos_stride,
             "out_c": p.out_c, "const_base": p.const_base,
-            # each loop limit's value before it ("...l1": last - 1, 0 where the loop has one
-            # value and the counter never steps): the "next is last" flags then compare the
-            # counter with a constant field, no increment before the compare
-            **{f"{key}1": max(value - 1, 0) for key, value in (
-                ("opl", p.ops - 1), ("khl", p.kh - 1), ("kwl", p.kw - 1), ("cwl", cw - 1),
-                ("cgl", p.channel_groups - 1), ("pgl", p.position_groups - 1),
-                ("planesl", max(p.out_planes, 1) - 1), ("drain_wordsl", max(p.drain_words, 1) - 1))},
             "const_group_step": plan.rows if p.affine else max(p.out_planes, 1),
             "hw_out": p.out_h * p.out_w,
         }
+        # Each loop limit's value before it ("...l1": last - 1, 0 where the loop has one
+        # value and its counter never steps): the "next is last" flags then compare the
+        # counter with a constant field, no increment before the compare.
+        compute.update({f"{key}1": max(compute[key] - 1, 0) for key in _LIMITS_BEFORE})
         return {**self._blank(), **common, **compute}
 
     def _op_base(self, index: int) -> int:
@@ -135,8 +136,7 @@ class DescriptorFormat:
                 "adv_dx_wrap", "adv_dy", "adv_dy1", "adv_base", "adv_base_wrap", "pad_full", "pad_last",
                 "guard_full", "guard_last", "last_colsl", "planesl", "drain_wordsl", "out_dense",
                 "out_pos_stride", "out_plane_bits", "out_pg_bits", "out_c", "const_base",
-                "const_group_step", "hw_out", "opl1", "khl1", "kwl1", "cwl1", "cgl1", "pgl1",
-                "planesl1", "drain_wordsl1",
+                "const_group_step", "hw_out", *(f"{key}1" for key in _LIMITS_BEFORE),
                 "kl", "pool_planes_l", "pool_out_hl", "pool_out_wl", "pool_x_step", "pool_y_step",
                 "pool_row_step", "pool_plane_step"]
         blank = {k: 0 for k in keys}
